@@ -1,0 +1,132 @@
+"""The `gateway` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway.loader import PolicyError, load_file
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+HELP = """\
+An OpenAI-compatible gateway for language models. Point any OpenAI SDK at
+http://HOST:PORT/v1 and change nothing else.
+
+commands:
+  serve      run the gateway with a policy file (SIGHUP reloads it)
+  validate   check a policy file; exits 1 naming every problem
+  schema     print the JSON Schema of policy files (for editor completion)
+  plugins    list the plugins this installation can load
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway with a policy file.")
+    serve.add_argument("--config", "-c", default=str(DEFAULT_POLICY), help="policy YAML (default: %(default)s)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="address to bind (env HOST)")
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "8080")), help="port (env PORT, default 8080)"
+    )
+    serve.add_argument("--log-level", default=None, help="override telemetry.log_level from the policy")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a policy file",
+        description="Check a policy file; exit 1 naming every problem.",
+    )
+    validate.add_argument("file", help="policy YAML")
+
+    schema = sub.add_parser("schema", help="print the policy JSON Schema", description="Print the policy JSON Schema.")
+    schema.add_argument("--output", "-o", help="write to this file instead of stdout")
+
+    sub.add_parser("plugins", help="list available plugins", description="List the plugins that can be loaded.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "validate":
+        return _validate(args.file)
+    if args.command == "schema":
+        from gateway.schema import policy_schema
+
+        text = json.dumps(policy_schema(), indent=2) + "\n"
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        return 0
+    if args.command == "plugins":
+        from gateway import registry
+
+        for name in registry.available():
+            doc = (registry.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:24} {doc[0] if doc else ''}")
+        return 0
+    _parser().print_help()
+    return 2
+
+
+def _validate(path: str) -> int:
+    try:
+        loaded = load_file(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    policy = loaded.policy
+    print(
+        f"{path}: ok ({len(policy.backends)} backends, {len(policy.models)} models, "
+        f"{len(policy.plugins)} global plugins)"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_file(args.config)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    level = (args.log_level or loaded.policy.telemetry.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+    import uvicorn
+
+    from gateway.server import create_app
+
+    app = create_app(loaded, args.config)
+    print(
+        f"gateway: serving {len(loaded.policy.models)} models on http://{args.host}:{args.port}/v1 "
+        f"(policy {args.config})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=level.lower(),
+        access_log=False,  # the gateway writes its own access log, without secrets
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

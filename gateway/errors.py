@@ -1,0 +1,123 @@
+"""Errors the gateway returns to clients, always in OpenAI's shape.
+
+    GatewayError                     -> {"error": {"message", "type", "param", "code"}}
+    ├── InvalidRequest        400     bad JSON, bad UTF-8, schema violations, context too long
+    ├── AuthenticationFailed  401
+    ├── ModelNotFound         404
+    ├── BodyTooLarge          413
+    ├── RateLimited           429     upstream 429 (Retry-After kept)
+    └── UpstreamError         502/503/504 and upstream 4xx passed through
+        ├── UpstreamUnavailable   503  connection refused / DNS / reset before a response
+        ├── UpstreamTimeout       504
+        └── BadUpstreamResponse   502  non-JSON, truncated or otherwise broken answer
+
+Internal detail (tracebacks, upstream bodies) goes to logs; the client gets a summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class BadUpstreamResponse(UpstreamError):
+    status = 502
+    code = "bad_upstream_response"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_json(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return msgspec.json.encode(error_body(message, type_, param, code))
+
+
+def summarise_upstream_error(body: Any, limit: int = 300) -> str:
+    """A short, human message from whatever an upstream sent as an error body."""
+    message: Any = None
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping):
+            message = err.get("message")
+        elif isinstance(err, str):
+            message = err
+        message = message or body.get("message") or body.get("detail")
+    elif isinstance(body, str | bytes):
+        message = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(str(message).split()) if message else "no error message"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,96 @@
+"""What happens to a request before any plugin sees it: id, caller, body, JSON, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import msgspec
+
+from gateway import protocol
+from gateway.errors import AuthenticationFailed, BodyTooLarge, InvalidRequest
+from gateway.plugin import Caller
+from gateway.policy import Limits
+from gateway.runtime import Runtime
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's x-request-id when it is sane (so traces join up), else a fresh one."""
+    given = headers.get("x-request-id")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if value is None:
+        return headers.get("api-key") or headers.get("x-api-key")  # Azure- and Anthropic-style clients
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def identify(runtime: Runtime, headers: Mapping[str, str]) -> Caller:
+    token = bearer(headers)
+    if not runtime.keys:
+        if token is None:
+            return Caller("anonymous", authenticated=False)
+        # A stable identity for cache keys and logs that does not reveal the token.
+        return Caller("token-" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16], False)
+    if token is None:
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key")
+    name = runtime.caller_for(token)
+    if name is None:
+        raise AuthenticationFailed("Invalid API key.")
+    return Caller(name, authenticated=True)
+
+
+async def read_body(stream: AsyncIterator[bytes], headers: Mapping[str, str], limits: Limits) -> bytes:
+    limit = limits.max_body_bytes
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.body_read_timeout_s):
+            async for part in stream:
+                size += len(part)
+                if size > limit:
+                    raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+                parts.append(part)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"The request body did not arrive within {limits.body_read_timeout_s:g} seconds.",
+            status=408,
+            code="request_timeout",
+        ) from None
+    return b"".join(parts)
+
+
+def parse(endpoint: str, raw: bytes, limits: Limits) -> dict[str, Any]:
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).") from None
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
+    protocol.check(endpoint, body)
+    if endpoint == "chat" and len(body["messages"]) > limits.max_messages:
+        raise InvalidRequest(
+            f"Too many messages: {len(body['messages'])}; the limit is {limits.max_messages}.",
+            param="messages",
+        )
+    return body  # type: ignore[no-any-return]

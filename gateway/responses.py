@@ -1,0 +1,104 @@
+"""Minimal ASGI responses for the hot path: a JSON body, and an SSE stream that is never buffered.
+
+`SSEResponse` sends each event as its own ASGI message the moment it is produced, watches for the
+client going away, and always closes its source (which cancels the upstream call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+import msgspec
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+
+from gateway.errors import GatewayError
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies in front of us not to buffer either
+]
+
+
+def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers.items()]
+
+
+class JSONResponse:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = _raw(self.headers)
+        raw.append(_JSON)
+        raw.append((b"content-length", str(len(self.body)).encode()))
+        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": self.status, "headers": raw}
+        await send(start)
+        body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": self.body, "more_body": False}
+        await send(body)
+
+
+def json_response(status: int, payload: Any, headers: Mapping[str, str]) -> JSONResponse:
+    return JSONResponse(status, msgspec.json.encode(payload), headers)
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str]) -> JSONResponse:
+    return json_response(error.status, error.body(), {**headers, **error.headers})
+
+
+class SSEResponse:
+    __slots__ = ("events", "headers", "on_disconnect")
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str],
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.events = events
+        self.headers = headers
+        self.on_disconnect = on_disconnect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        disconnected = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected = True
+                    streaming.cancel()
+                    return
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _raw(self.headers) + _SSE_HEADERS})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            if self.on_disconnect is not None:
+                self.on_disconnect()
+            streaming.uncancel()
+        except OSError:
+            # The socket died under us before the disconnect message arrived: same thing.
+            if self.on_disconnect is not None:
+                self.on_disconnect()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.events.aclose()

@@ -1,0 +1,148 @@
+"""Everything one loaded policy needs to serve: transports, plugin chains, routers, keys.
+
+A `Runtime` is built from a policy, started, then swapped in atomically by `RuntimeHolder`.
+Requests hold the runtime they started with, so a reload never changes a request mid-flight;
+the old runtime closes its connections once its last request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway import registry
+from gateway.chain import Chain
+from gateway.loader import LoadedPolicy, load_file
+from gateway.plugin import Plugin
+from gateway.policy import AnthropicBackend, ModelRoute, PluginEntry
+from gateway.router import WeightedChoice
+from gateway.upstream.anthropic import AnthropicTransport
+from gateway.upstream.base import Transport
+from gateway.upstream.openai import OpenAITransport
+
+log = logging.getLogger("gateway")
+DRAIN_TIMEOUT_S = 600.0
+
+
+def key_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Runtime:
+    def __init__(self, loaded: LoadedPolicy) -> None:
+        self.loaded = loaded
+        self.policy = loaded.policy
+        self.transports: dict[str, Transport] = {}
+        for backend in self.policy.backends:
+            self.transports[backend.name] = (
+                AnthropicTransport(backend) if isinstance(backend, AnthropicBackend) else OpenAITransport(backend)
+            )
+        global_plugins = [self._instantiate(e) for e in self.policy.plugins]
+        self.plugins: list[Plugin] = list(global_plugins)
+        self.routes: dict[str, ModelRoute] = {}
+        self.chains: dict[str, Chain] = {}
+        self.choosers: dict[str, WeightedChoice] = {}
+        for route in self.policy.models:
+            own = [self._instantiate(e) for e in route.plugins]
+            self.plugins += own
+            self.routes[route.name] = route
+            self.chains[route.name] = Chain(global_plugins + own)
+            self.choosers[route.name] = WeightedChoice(route)
+        # Digests, so the keys themselves are not kept in a lookup table or compared by ==.
+        self.keys = {key_digest(k.key.get_secret_value()): k.name for k in self.policy.auth.keys}
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _instantiate(self, entry: PluginEntry) -> Plugin:
+        return registry.get(entry.use)(self.loaded.config_for(entry))
+
+    def caller_for(self, token: str) -> str | None:
+        digest = key_digest(token)
+        for known, name in self.keys.items():
+            if hmac.compare_digest(known, digest):
+                return name
+        return None
+
+    async def start(self) -> None:
+        started: list[Plugin] = []
+        try:
+            for transport in self.transports.values():
+                await transport.start()
+            for plugin in self.plugins:
+                await plugin.start()
+                started.append(plugin)
+        except BaseException:
+            await self._close(started)
+            raise
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain_and_close(self, grace_s: float = DRAIN_TIMEOUT_S) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("closing the previous policy with %d requests still running", self.in_flight)
+        await self._close(self.plugins)
+
+    async def _close(self, plugins: list[Plugin]) -> None:
+        for plugin in plugins:
+            try:
+                await plugin.close()
+            except Exception:
+                log.exception("plugin %s failed to close", plugin.name)
+        for transport in self.transports.values():
+            await transport.close()
+
+
+class RuntimeHolder:
+    """The runtime in force, and reloading it from the policy file."""
+
+    def __init__(self, path: str | Path | None, runtime: Runtime) -> None:
+        self.path = path
+        self.current = runtime
+        self._lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
+        self.reloads = 0
+        self.last_error: str | None = None
+        self.on_swap: list[Callable[[Runtime], None]] = []
+
+    async def reload(self) -> bool:
+        """Load, start and swap in the policy file; on any problem keep the current one."""
+        if self.path is None:
+            return False
+        async with self._lock:
+            try:
+                loaded = await asyncio.to_thread(load_file, self.path)
+                fresh = Runtime(loaded)
+                await fresh.start()
+            except Exception as exc:
+                self.last_error = str(exc)
+                log.error("policy reload failed; the previous policy keeps serving: %s", exc)
+                return False
+            old, self.current = self.current, fresh
+            self.reloads += 1
+            self.last_error = None
+            for callback in self.on_swap:
+                callback(fresh)
+            task = asyncio.get_running_loop().create_task(old.drain_and_close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            log.info("policy reloaded from %s", self.path)
+            return True
+
+    async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
+        await self.current.drain_and_close(grace_s=5)

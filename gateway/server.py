@@ -1,0 +1,194 @@
+"""The Litestar application: routes, OpenAI-shaped errors for everything, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.types import ASGIApp
+
+from gateway import openapi
+from gateway.errors import GatewayError, ModelNotFound, error_body
+from gateway.loader import LoadedPolicy
+from gateway.plugin import Endpoint
+from gateway.policy import AnthropicBackend
+from gateway.proxy import Proxy
+from gateway.responses import JSONResponse, SSEResponse, error_response, json_response
+from gateway.runtime import Runtime, RuntimeHolder
+
+log = logging.getLogger("gateway")
+CREATED = int(time.time())
+
+try:
+    VERSION = version("llm-gateway")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    VERSION = "0.0.0"
+
+
+def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+
+
+def _holder(request: Request[Any, Any, Any]) -> RuntimeHolder:
+    holder: RuntimeHolder = request.app.state.holder
+    return holder
+
+
+async def _proxy(request: Request[Any, Any, Any], endpoint: Endpoint) -> JSONResponse | SSEResponse:
+    proxy: Proxy = request.app.state.proxy
+    return await proxy.handle(endpoint, _headers(request), request.stream())
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _proxy(request, "chat")
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _proxy(request, "completions")
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> ASGIApp:
+    return await _proxy(request, "embeddings")
+
+
+def _model_card(runtime: Runtime, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": CREATED, "owned_by": runtime.routes[name].owned_by}
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> ASGIApp:
+    runtime = _holder(request).current
+    return json_response(200, {"object": "list", "data": [_model_card(runtime, n) for n in runtime.routes]}, {})
+
+
+@get("/v1/models/{model:path}")
+async def get_model(request: Request[Any, Any, Any]) -> ASGIApp:
+    runtime = _holder(request).current
+    name = str(request.path_params["model"]).lstrip("/")
+    if name not in runtime.routes:
+        return error_response(ModelNotFound(f"The model {name!r} does not exist.", param="model"), {})
+    return json_response(200, _model_card(runtime, name), {})
+
+
+@get("/health")
+async def health() -> ASGIApp:
+    return json_response(200, {"status": "ok"}, {})
+
+
+@get("/ready")
+async def ready(request: Request[Any, Any, Any]) -> ASGIApp:
+    holder = _holder(request)
+    runtime = holder.current
+    checks: dict[str, Any] = {}
+    ok = True
+    for plugin in runtime.plugins:
+        result = await plugin.ready()
+        if result is not None:
+            checks[plugin.name] = {"ok": result[0], "detail": result[1]}
+            ok = ok and result[0]
+    reachable = await asyncio.gather(*(_reachable(b) for b in runtime.policy.backends))
+    body = {
+        "status": "ready" if ok else "not_ready",
+        "policy": {
+            "source": runtime.loaded.source,
+            "reloads": holder.reloads,
+            "last_reload_error": holder.last_error,
+        },
+        "checks": checks,
+        "backends": {b.name: {"reachable": r} for b, r in zip(runtime.policy.backends, reachable, strict=True)},
+    }
+    return json_response(200 if ok else 503, body, {})
+
+
+async def _reachable(backend: Any) -> bool:
+    """Can a TCP connection be opened to the backend? Informational: see docs/policy.md#ready."""
+    url = urlsplit(backend.base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if isinstance(backend, AnthropicBackend) and url.port is None:
+        port = 443 if url.scheme != "http" else 80
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_connection(url.hostname, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+@get("/openapi.json")
+async def openapi_json() -> ASGIApp:
+    return json_response(200, openapi.document(VERSION), {})
+
+
+def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar's own errors (unknown path, wrong method, ...) in OpenAI's shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
+        message, code = (
+            f"Unknown path {request.url.path!r}; this gateway serves the OpenAI API under /v1.",
+            "not_found",
+        )
+    elif status == 405:
+        message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
+    elif status < 500:
+        message, code = str(getattr(exc, "detail", "") or "Bad request."), None
+    else:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        message, code = "Internal gateway error.", None
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = msgspec.json.encode(error_body(message, kind, None, code))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> Litestar:
+    holder = RuntimeHolder(policy_path, Runtime(loaded))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await holder.current.start()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(holder.reload()))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await holder.close()
+
+    app = Litestar(
+        route_handlers=[
+            chat_completions,
+            completions,
+            embeddings,
+            list_models,
+            get_model,
+            health,
+            ready,
+            openapi_json,
+        ],
+        lifespan=[lifespan],
+        openapi_config=None,
+        exception_handlers={HTTPException: _http_error, GatewayError: _http_error},
+        request_max_body_size=None,
+        debug=False,
+    )
+    app.state.holder = holder
+    app.state.proxy = Proxy(holder)
+    return app

@@ -1,0 +1,1 @@
+"""Upstream transports: one per backend type, all behind `gateway.upstream.base.Transport`."""

@@ -1,0 +1,1 @@
+"""Built-in plugins, one folder each; found by name through `gateway.registry`."""

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+from tests.gateway_server import GatewayServer
+
+CLIENT_KEY = "sk-client-test-key-0123456789"
+UPSTREAM_KEY = "sk-upstream-secret-9876543210"
+ANTHROPIC_KEY = "sk-ant-upstream-secret-5555"
+
+FAULTS = ["fail-500", "fail-502", "fail-503", "fail-429", "fail-400", "fail-401", "non-json", "bad-json",
+          "cut-stream", "reset", "no-usage", "no-done", "slow-stream-50", "slow-2000", "huge"]
+
+
+def standard_policy(upstream_url: str) -> str:
+    """Every model name a test needs, all pointing at the fake upstream."""
+    fault_models = "\n".join(
+        f"  - {{name: {f}, targets: [{{backend: fake, model: {f}}}]}}\n"
+        f"  - {{name: claude-{f}, targets: [{{backend: claude, model: {f}}}]}}"
+        for f in FAULTS
+    )
+    return f"""
+backends:
+  - name: fake
+    type: openai
+    base_url: "{upstream_url}/v1"
+    api_key: "${{TEST_UPSTREAM_KEY:-{UPSTREAM_KEY}}}"
+    timeouts: {{connect_s: 2, first_byte_s: 1.0, idle_s: 5, total_s: 30}}
+  - name: claude
+    type: anthropic
+    base_url: "{upstream_url}"
+    api_key: "{ANTHROPIC_KEY}"
+    timeouts: {{connect_s: 2, first_byte_s: 1.0, idle_s: 5, total_s: 30}}
+  - name: nowhere
+    type: openai
+    base_url: "http://127.0.0.1:9/v1"
+    timeouts: {{connect_s: 1}}
+models:
+  - name: echo
+    targets: [{{backend: fake, model: echo-model}}]
+  - name: claude
+    targets: [{{backend: claude, model: claude-echo}}]
+  - name: decorated
+    targets: [{{backend: fake, model: echo-model}}]
+    plugins: [{{use: prompt_decorator, system: "Be brief."}}]
+  - name: small-window
+    targets: [{{backend: fake, model: echo-model}}]
+    context_window: 40
+  - name: unreachable
+    targets: [{{backend: nowhere, model: anything}}]
+{fault_models}
+auth:
+  keys:
+    - {{name: team-a, key: "{CLIENT_KEY}"}}
+limits:
+  max_body_bytes: 65536
+  max_messages: 64
+"""
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(standard_policy(upstream.url))
+    with GatewayServer(path) as server:
+        yield server
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[[str], GatewayServer]]:
+    """Start a gateway with a policy of the test's own; stopped at the end of the test."""
+    started: list[GatewayServer] = []
+
+    def make(policy: str) -> GatewayServer:
+        path = tmp_path / f"policy-{len(started)}.yaml"
+        path.write_text(policy)
+        server = GatewayServer(path).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

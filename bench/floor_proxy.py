@@ -19,8 +19,9 @@ def make_app(upstream: str) -> web.Application:
 
     async def proxy(request: web.Request) -> web.Response:
         body = await request.read()
-        async with session["s"].post(upstream + request.path, data=body,
-                                     headers={"content-type": "application/json"}) as resp:
+        async with session["s"].post(
+            upstream + request.path, data=body, headers={"content-type": "application/json"}
+        ) as resp:
             data = await resp.read()
             return web.Response(body=data, status=resp.status, content_type="application/json")
 

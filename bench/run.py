@@ -40,7 +40,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
+            urllib.request.urlopen(url, timeout=1)
             return
         except urllib.error.HTTPError:
             return  # it answers, even if with an error status
@@ -67,20 +67,38 @@ http {{ access_log off; client_body_temp_path {workdir}; proxy_temp_path {workdi
 
 def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-s", str(ROOT / "bench" / "post.lua"), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{min(connections, 2)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
-    return {"rps": rps, "p50": lat.get("50", 0.0), "p99": lat.get("99", 0.0),
-            "errors": float(errors.group(1)) if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50": lat.get("50", 0.0),
+        "p99": lat.get("99", 0.0),
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def _ms(value: str) -> float:
     number = float(re.match(r"[\d.]+", value).group(0))  # type: ignore[union-attr]
-    return number / 1000 if value.endswith("us") else number * 1000 if value.endswith("s") and not value.endswith("ms") else number
+    if value.endswith("us"):
+        return number / 1000
+    if value.endswith("ms"):
+        return number
+    return number * 1000 if value.endswith("s") else number
 
 
 def main() -> int:
@@ -101,13 +119,20 @@ def main() -> int:
         "telemetry: {access_log: false, log_level: warning}\n"
     )
     procs = [start_nginx(workdir, ports["nginx"])]
-    procs.append(subprocess.Popen([sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream,
-                                   "--port", str(ports["floor"])], cwd=ROOT))
-    procs.append(subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(policy),
-                                   "--port", str(ports["gateway"])], cwd=ROOT))
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream, "--port", str(ports["floor"])], cwd=ROOT
+        )
+    )
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(policy), "--port", str(ports["gateway"])],
+            cwd=ROOT,
+        )
+    )
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
-        for name, port in ports.items():
+        for port in ports.values():
             wait_http(f"http://127.0.0.1:{port}/")
         for name, port in ports.items():
             url = f"http://127.0.0.1:{port}"
@@ -131,7 +156,8 @@ def report(results: dict[str, dict[str, dict[str, float]]], clients: dict[str, f
     added = lambda r: r["c1"]["p50"] - nginx["c1"]["p50"]  # noqa: E731
     rows = "\n".join(
         f"| {name} | {r['c1']['p50']:.3f} | {r['c1']['p99']:.3f} | {added(r):.3f} | {r['c64']['rps']:,.0f} "
-        f"| {r['c64']['p99']:.2f} | {r['c64']['rps'] / floor['c64']['rps']:.2f} | {int(r['c1']['errors'] + r['c64']['errors'])} |"
+        f"| {r['c64']['p99']:.2f} | {r['c64']['rps'] / floor['c64']['rps']:.2f} "
+        f"| {int(r['c1']['errors'] + r['c64']['errors'])} |"
         for name, r in results.items()
     )
     best = max(clients.values())
@@ -146,11 +172,11 @@ no plugins. Ratios are against the floor measured in the same run: these machine
 
 ## Proxy overhead
 
-| target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms vs nginx | req/s (64 conn) | p99 ms (64 conn) | throughput / floor | errors |
+| target | p50 ms, 1 conn | p99 ms, 1 conn | added p50 vs nginx | req/s, 64 conn | p99 ms, 64 conn | vs floor | errors |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
-Gateway added p50 over the floor at 1 connection: {gw['c1']['p50'] - floor['c1']['p50']:.3f} ms.
+Gateway added p50 over the floor at 1 connection: {gw["c1"]["p50"] - floor["c1"]["p50"]:.3f} ms.
 
 ## Upstream HTTP client (why aiohttp)
 

@@ -7,9 +7,12 @@ When plugin i answers early (Respond), only plugins before i see that answer.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gateway.plugin import Continue, Emit, Plugin, RequestContext, Respond, overrides
+
+log = logging.getLogger("gateway")
 
 
 class Chain:
@@ -86,5 +89,9 @@ class Chain:
         return flushed
 
     async def end(self, ctx: RequestContext) -> None:
+        """Every end hook runs, even if an earlier one fails: they record, they do not decide."""
         for plugin in self._end:
-            await plugin.on_end(ctx)
+            try:
+                await plugin.on_end(ctx)
+            except Exception:
+                log.exception("plugin %s failed in on_end (request %s)", plugin.name, ctx.request_id)

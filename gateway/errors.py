@@ -1,15 +1,16 @@
 """Errors the gateway returns to clients, always in OpenAI's shape.
 
-    GatewayError                     -> {"error": {"message", "type", "param", "code"}}
-    ├── InvalidRequest        400     bad JSON, bad UTF-8, schema violations, context too long
+    GatewayError              500     -> {"error": {"message", "type", "param", "code"}}
+    ├── InvalidRequest        400     bad JSON, bad UTF-8, schema violations, context too long;
+    │                                 also an upstream 4xx the client caused (its status kept), 408 slow body
     ├── AuthenticationFailed  401
     ├── ModelNotFound         404
     ├── BodyTooLarge          413
     ├── RateLimited           429     upstream 429 (Retry-After kept)
-    └── UpstreamError         502/503/504 and upstream 4xx passed through
-        ├── UpstreamUnavailable   503  connection refused / DNS / reset before a response
-        ├── UpstreamTimeout       504
-        └── BadUpstreamResponse   502  non-JSON, truncated or otherwise broken answer
+    └── UpstreamError         502     upstream 5xx; upstream 401/403/404 (the policy is wrong, not the client)
+        ├── UpstreamUnavailable   503  connection refused / DNS failure; upstream 503
+        ├── UpstreamTimeout       504  connect, first byte, idle or total timeout
+        └── BadUpstreamResponse   502  non-JSON, truncated, reset mid-answer, or otherwise broken
 
 Internal detail (tracebacks, upstream bodies) goes to logs; the client gets a summary.
 """

@@ -29,11 +29,10 @@ def request_id(headers: Mapping[str, str]) -> str:
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
-    value = headers.get("authorization")
-    if value is None:
-        return headers.get("api-key") or headers.get("x-api-key")  # Azure- and Anthropic-style clients
-    scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("api-key") or headers.get("x-api-key")  # Azure- and Anthropic-style clients
 
 
 def identify(runtime: Runtime, headers: Mapping[str, str]) -> Caller:

@@ -87,10 +87,11 @@ def _interpolate(node: Any, env: typing.Mapping[str, str], path: str, problems: 
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
+        value = env.get(name)
+        if default is not None and not value:
+            return default  # like the shell: unset or empty takes the default
+        if value is not None:
+            return value
         problems.append(f"{path}: environment variable {name} is not set (write ${{{name}:-}} to allow empty)")
         return ""
 

@@ -65,6 +65,19 @@ class Emit:
     chunks: tuple[dict[str, Any], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """A plugin's dependency as /ready reports it.
+
+    ok=False makes the gateway not ready (503). A dependency the policy lets the plugin work without
+    (a fail-open cache whose Redis is down) reports ok=True, degraded=True.
+    """
+
+    ok: bool
+    detail: str
+    degraded: bool = False
+
+
 RequestDecision = Continue | Respond
 StreamDecision = Continue | Emit | Respond
 
@@ -119,8 +132,8 @@ class Plugin:
     async def close(self) -> None:
         """Release what start() opened. Called once the policy is replaced and drained."""
 
-    async def ready(self) -> tuple[bool, str] | None:
-        """For /ready: (ok, detail) about a dependency this plugin needs, or None if it has none."""
+    async def ready(self) -> Readiness | None:
+        """For /ready: the state of a dependency this plugin needs, or None if it has none."""
         return None
 
     async def on_request(self, ctx: RequestContext) -> RequestDecision:

@@ -2,7 +2,7 @@
 
 Top-level keys: backends, models, plugins, auth, limits, telemetry. Every model rejects unknown
 keys, so a typo is an error with its path and a "did you mean", never a silently ignored setting.
-Strings may use ${VAR} and ${VAR:-default}; see `gateway.envsubst`.
+Strings may use ${VAR} and ${VAR:-default} (interpolated by `gateway.loader` before validation).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ class StrictModel(BaseModel):
 class Timeouts(StrictModel):
     connect_s: float = Field(5.0, gt=0, description="Seconds to open a TCP/TLS connection to the backend.")
     first_byte_s: float = Field(
-        60.0, gt=0, description="Seconds from sending the request until the response headers arrive."
+        60.0, gt=0, description="Streams: seconds from sending the request until the response headers arrive."
     )
-    idle_s: float = Field(60.0, gt=0, description="Longest silence allowed between two chunks of a response.")
+    idle_s: float = Field(
+        60.0, gt=0, description="Streams: longest silence between two chunks. Whole answers: time to read the body."
+    )
     total_s: float = Field(600.0, gt=0, description="Hard limit on the whole upstream call, stream included.")
 
 

@@ -129,7 +129,7 @@ def check(endpoint: str, body: Any) -> None:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
-        REQUEST_MODELS[endpoint].model_validate(body)
+        REQUEST_MODELS[endpoint].model_validate(body, strict=True)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = _param(err["loc"])
@@ -139,11 +139,14 @@ def check(endpoint: str, body: Any) -> None:
         raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None) from None
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "ContentPart"}
+
+
 def _param(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not str(part).startswith(("str", "list[", "int", "function-", "float")):
+        elif part not in _UNION_TAGS and not str(part).startswith(("list[", "function-", "dict[")):
             out += f".{part}" if out else str(part)
     return out

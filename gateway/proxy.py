@@ -12,7 +12,6 @@ always: plugins.on_end, access log
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -25,10 +24,10 @@ from gateway.chain import Chain
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.plugin import Endpoint, RequestContext, Respond
 from gateway.policy import did_you_mean
+from gateway.relay import StreamRelay
 from gateway.responses import JSONResponse, SSEResponse, error_response, json_response
 from gateway.runtime import Runtime, RuntimeHolder
-from gateway.upstream.base import StreamBroken, UpstreamCall, UpstreamStream
-from gateway.upstream.sse import DONE, encode_data
+from gateway.upstream.base import UpstreamCall, UpstreamStream
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -48,6 +47,7 @@ class Proxy:
         out_headers = {"x-request-id": request_id}
         ctx: RequestContext | None = None
         chain: Chain | None = None
+        rejected: str | None = None
         try:
             caller = intake.identify(runtime, headers)
             raw = await intake.read_body(body_stream, headers, runtime.policy.limits)
@@ -61,13 +61,19 @@ class Proxy:
             ctx = RequestContext(request_id, endpoint, body, headers, caller, route, bool(body.get("stream")))
             chain = runtime.chains[route.name]
             response = await self._serve(runtime, chain, ctx, out_headers)
-        except GatewayError as exc:
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                log.exception("request %s failed inside the gateway", request_id)
+                exc = GatewayError(f"Internal gateway error (request {request_id}).")
+            rejected = exc.message
             response = self._fail(ctx, exc, out_headers)
-        except Exception:
-            log.exception("request %s failed inside the gateway", request_id)
-            response = self._fail(ctx, GatewayError(f"Internal gateway error (request {request_id})."), out_headers)
         if isinstance(response, JSONResponse):
-            await self._finish(runtime, chain, ctx, response.status)
+            status = response.status
+
+            async def finish() -> None:
+                await self._finish(runtime, chain, ctx, status, request_id, rejected)
+
+            response.on_close = finish
         return response
 
     def _fail(self, ctx: RequestContext | None, exc: GatewayError, headers: dict[str, str]) -> JSONResponse:
@@ -76,15 +82,23 @@ class Proxy:
             headers.update(ctx.response_headers)
         return error_response(exc, headers)
 
-    async def _finish(self, runtime: Runtime, chain: Chain | None, ctx: RequestContext | None, status: int) -> None:
+    async def _finish(
+        self,
+        runtime: Runtime,
+        chain: Chain | None,
+        ctx: RequestContext | None,
+        status: int,
+        request_id: str,
+        rejected: str | None = None,
+    ) -> None:
         try:
-            if ctx is not None:
-                ctx.status = status
-                if chain is not None:
-                    await chain.end(ctx)
-                _log_access(ctx, runtime)
-        except Exception:
-            log.exception("an end-phase plugin failed")
+            if ctx is None:  # turned away before a model was known
+                _log(runtime, {"request_id": request_id, "status": status, "error": rejected})
+                return
+            ctx.status = status
+            if chain is not None:
+                await chain.end(ctx)
+            _log_access(ctx, runtime)
         finally:
             runtime.leave()
 
@@ -106,7 +120,7 @@ class Proxy:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             stream = await transport.open_stream(UpstreamCall(ctx.endpoint, body, {"x-request-id": ctx.request_id}))
             headers.update(ctx.response_headers)
-            return SSEResponse(self._relay(runtime, chain, ctx, stream, len(chain.plugins)), headers)
+            return self._stream_response(runtime, chain, ctx, stream, len(chain.plugins), headers)
         answer = await transport.complete(UpstreamCall(ctx.endpoint, body, {"x-request-id": ctx.request_id}))
         await _fill_usage(ctx, answer)
         replaced = await chain.response(ctx, answer, len(chain.plugins))
@@ -133,76 +147,23 @@ class Proxy:
         headers.update(early.headers)
         if early.status != 200 or not ctx.stream or "choices" not in answer:
             return json_response(early.status, answer, headers)
-        include_usage = _wants_usage(ctx.body)
         make = replay.chat_chunks if ctx.endpoint == "chat" else replay.text_chunks
-        return SSEResponse(self._relay(runtime, chain, ctx, _Replay(make(answer, True)), upto, include_usage), headers)
+        return self._stream_response(runtime, chain, ctx, _Replay(make(answer, True)), upto, headers)
 
-    async def _relay(
+    def _stream_response(
         self,
         runtime: Runtime,
         chain: Chain,
         ctx: RequestContext,
         stream: UpstreamStream,
         upto: int,
-        include_usage: bool | None = None,
-    ) -> AsyncGenerator[bytes, None]:
-        """Upstream chunks -> plugins -> SSE bytes, one event at a time; never invents an ending."""
-        include_usage = _wants_usage(ctx.body) if include_usage is None else include_usage
-        usage_chunk: dict[str, Any] | None = None
-        generated: list[str] = []
-        status = 200
-        try:
-            async for chunk in stream:
-                choices = chunk.get("choices")
-                if chunk.get("usage"):
-                    ctx.usage = chunk["usage"]
-                if not choices:
-                    if "usage" in chunk:
-                        usage_chunk = chunk  # sent last, after anything plugins flush at the end
-                    continue
-                for choice in choices:
-                    if choice.get("finish_reason"):
-                        ctx.finish_reasons.append(choice["finish_reason"])
-                if not include_usage:
-                    chunk.pop("usage", None)
-                if ctx.usage is None:
-                    generated.append(tokens.completion_text(chunk))
-                out = await chain.chunk(ctx, chunk, upto)
-                if isinstance(out, Respond):
-                    status = out.status
-                    yield encode_data(out.body)
-                    return
-                for item in out:
-                    yield encode_data(item)
-            tail = await chain.stream_end(ctx, upto)
-            if isinstance(tail, Respond):
-                status = tail.status
-                yield encode_data(tail.body)
-                return
-            for item in tail:
-                yield encode_data(item)
-            if ctx.usage is None:
-                prompt = await tokens.count_prompt(ctx.endpoint, ctx.body)
-                ctx.usage = tokens.usage(prompt, await tokens.count_async("".join(generated)))
-            if include_usage:
-                usage_chunk = usage_chunk or _usage_chunk(ctx)
-                usage_chunk["usage"] = ctx.usage
-                yield encode_data(usage_chunk)
-            yield DONE
-        except StreamBroken as exc:
-            status = exc.status
-            ctx.error = exc.message
-            log.warning("request %s: upstream stream broke: %s", ctx.request_id, exc.message)
-            yield encode_data(exc.body())
-        except asyncio.CancelledError:
-            status, ctx.error = (
-                499,
-                "client disconnected",
-            )  # nginx's code for it; the upstream is closed below
-            raise
-        finally:
-            await stream.aclose()
-            await self._finish(runtime, chain, ctx, status)
+        headers: dict[str, str],
+    ) -> SSEResponse:
+        async def finish(status: int) -> None:
+            await self._finish(runtime, chain, ctx, status, ctx.request_id)
+
+        relay = StreamRelay(chain, ctx, stream, upto, finish)
+        return SSEResponse(relay.events(), headers, on_disconnect=relay.disconnected, on_close=relay.close)
 
 
 class _Replay:
@@ -220,16 +181,6 @@ class _Replay:
 
     async def aclose(self) -> None:
         return None
-
-
-def _wants_usage(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))
-
-
-def _usage_chunk(ctx: RequestContext) -> dict[str, Any]:
-    kind = "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion"
-    return {"id": f"gw-{ctx.request_id}", "object": kind, "created": int(time.time()), "choices": []}
 
 
 async def _fill_usage(ctx: RequestContext, answer: dict[str, Any]) -> None:
@@ -261,6 +212,11 @@ async def _check_context_window(ctx: RequestContext) -> None:
         )
 
 
+def _log(runtime: Runtime, record: dict[str, Any]) -> None:
+    if runtime.policy.telemetry.access_log and access_log.isEnabledFor(logging.INFO):
+        access_log.info(msgspec.json.encode(record).decode())
+
+
 def _log_access(ctx: RequestContext, runtime: Runtime) -> None:
     if not runtime.policy.telemetry.access_log or not access_log.isEnabledFor(logging.INFO):
         return
@@ -279,4 +235,4 @@ def _log_access(ctx: RequestContext, runtime: Runtime) -> None:
         "cache": ctx.response_headers.get("x-gateway-cache"),
         "error": ctx.error,
     }
-    access_log.info(msgspec.json.encode(record).decode())
+    _log(runtime, record)

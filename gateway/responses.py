@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -29,21 +29,28 @@ def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 class JSONResponse:
-    __slots__ = ("body", "headers", "status")
+    """`on_close`, when set, runs after the body is sent (end-phase work adds no latency)."""
+
+    __slots__ = ("body", "headers", "on_close", "status")
 
     def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self.status = status
         self.body = body
         self.headers = headers
+        self.on_close: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = _raw(self.headers)
         raw.append(_JSON)
         raw.append((b"content-length", str(len(self.body)).encode()))
         start: HTTPResponseStartEvent = {"type": "http.response.start", "status": self.status, "headers": raw}
-        await send(start)
         body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": self.body, "more_body": False}
-        await send(body)
+        try:
+            await send(start)
+            await send(body)
+        finally:
+            if self.on_close is not None:
+                await self.on_close()
 
 
 def json_response(status: int, payload: Any, headers: Mapping[str, str]) -> JSONResponse:
@@ -55,17 +62,21 @@ def error_response(error: GatewayError, headers: Mapping[str, str]) -> JSONRespo
 
 
 class SSEResponse:
-    __slots__ = ("events", "headers", "on_disconnect")
+    """`on_close` always runs once the response is over, even if the body was never started."""
+
+    __slots__ = ("events", "headers", "on_close", "on_disconnect")
 
     def __init__(
         self,
         events: AsyncGenerator[bytes, None],
         headers: Mapping[str, str],
-        on_disconnect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None],
+        on_close: Callable[[], Awaitable[None]],
     ) -> None:
         self.events = events
         self.headers = headers
         self.on_disconnect = on_disconnect
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.current_task()
@@ -90,15 +101,16 @@ class SSEResponse:
         except asyncio.CancelledError:
             if not disconnected:
                 raise
-            if self.on_disconnect is not None:
-                self.on_disconnect()
+            self.on_disconnect()
             streaming.uncancel()
         except OSError:
             # The socket died under us before the disconnect message arrived: same thing.
-            if self.on_disconnect is not None:
-                self.on_disconnect()
+            self.on_disconnect()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await self.events.aclose()
+            try:
+                await self.events.aclose()
+            finally:
+                await self.on_close()

@@ -55,6 +55,7 @@ class Runtime:
         # Digests, so the keys themselves are not kept in a lookup table or compared by ==.
         self.keys = {key_digest(k.key.get_secret_value()): k.name for k in self.policy.auth.keys}
         self.in_flight = 0
+        self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -97,6 +98,9 @@ class Runtime:
         await self._close(self.plugins)
 
     async def _close(self, plugins: list[Plugin]) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for plugin in plugins:
             try:
                 await plugin.close()
@@ -113,10 +117,18 @@ class RuntimeHolder:
         self.path = path
         self.current = runtime
         self._lock = asyncio.Lock()
-        self._retired: set[asyncio.Task[None]] = set()
+        self._retired: dict[asyncio.Task[None], Runtime] = {}
+        self._reloading: set[asyncio.Task[bool]] = set()
         self.reloads = 0
         self.last_error: str | None = None
         self.on_swap: list[Callable[[Runtime], None]] = []
+        self.probes: dict[str, tuple[float, bool]] = {}  # host:port -> (when, reachable), for /ready
+
+    def reload_soon(self) -> None:
+        """Schedule a reload (from a signal handler); the task is kept until it finishes."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
 
     async def reload(self) -> bool:
         """Load, start and swap in the policy file; on any problem keep the current one."""
@@ -137,12 +149,14 @@ class RuntimeHolder:
             for callback in self.on_swap:
                 callback(fresh)
             task = asyncio.get_running_loop().create_task(old.drain_and_close())
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            self._retired[task] = old
+            task.add_done_callback(lambda done: self._retired.pop(done, None))
             log.info("policy reloaded from %s", self.path)
             return True
 
     async def close(self) -> None:
+        """Shutdown: give every runtime, retired ones included, a short drain, then close it."""
+        runtimes = [self.current, *self._retired.values()]
         for task in list(self._retired):
             task.cancel()
-        await self.current.drain_and_close(grace_s=5)
+        await asyncio.gather(*(r.drain_and_close(grace_s=5) for r in runtimes))

@@ -22,7 +22,6 @@ from gateway import openapi
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.loader import LoadedPolicy
 from gateway.plugin import Endpoint
-from gateway.policy import AnthropicBackend
 from gateway.proxy import Proxy
 from gateway.responses import JSONResponse, SSEResponse, error_response, json_response
 from gateway.runtime import Runtime, RuntimeHolder
@@ -94,15 +93,16 @@ async def ready(request: Request[Any, Any, Any]) -> ASGIApp:
     holder = _holder(request)
     runtime = holder.current
     checks: dict[str, Any] = {}
-    ok = True
+    ok, degraded = True, False
     for plugin in runtime.plugins:
         result = await plugin.ready()
         if result is not None:
-            checks[plugin.name] = {"ok": result[0], "detail": result[1]}
-            ok = ok and result[0]
-    reachable = await asyncio.gather(*(_reachable(b) for b in runtime.policy.backends))
+            name = plugin.name if plugin.name not in checks else f"{plugin.name}#{len(checks)}"
+            checks[name] = {"ok": result.ok, "degraded": result.degraded, "detail": result.detail}
+            ok, degraded = ok and result.ok, degraded or result.degraded
+    reachable = await asyncio.gather(*(_reachable(holder, b) for b in runtime.policy.backends))
     body = {
-        "status": "ready" if ok else "not_ready",
+        "status": ("ready" if not degraded else "degraded") if ok else "not_ready",
         "policy": {
             "source": runtime.loaded.source,
             "reloads": holder.reloads,
@@ -114,21 +114,30 @@ async def ready(request: Request[Any, Any, Any]) -> ASGIApp:
     return json_response(200 if ok else 503, body, {})
 
 
-async def _reachable(backend: Any) -> bool:
-    """Can a TCP connection be opened to the backend? Informational: see docs/policy.md#ready."""
+PROBE_TTL_S = 5.0
+
+
+async def _reachable(holder: RuntimeHolder, backend: Any) -> bool:
+    """Can a TCP connection be opened to the backend? Informational (docs/policy.md#ready), and
+    remembered for a few seconds so frequent readiness probes do not open connections each time."""
     url = urlsplit(backend.base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
-    if isinstance(backend, AnthropicBackend) and url.port is None:
-        port = 443 if url.scheme != "http" else 80
+    key = f"{url.hostname}:{port}"
+    now = time.monotonic()
+    cached = holder.probes.get(key)
+    if cached is not None and now - cached[0] < PROBE_TTL_S:
+        return cached[1]
     try:
         async with asyncio.timeout(1.0):
             _, writer = await asyncio.open_connection(url.hostname, port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        ok = True
     except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+        ok = False
+    holder.probes[key] = (now, ok)
+    return ok
 
 
 @get("/openapi.json")
@@ -164,7 +173,7 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
         await holder.current.start()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(holder.reload()))
+            loop.add_signal_handler(signal.SIGHUP, holder.reload_soon)
         try:
             yield
         finally:

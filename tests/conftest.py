@@ -12,15 +12,36 @@ CLIENT_KEY = "sk-client-test-key-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-9876543210"
 ANTHROPIC_KEY = "sk-ant-upstream-secret-5555"
 
-FAULTS = ["fail-500", "fail-502", "fail-503", "fail-429", "fail-400", "fail-401", "non-json", "bad-json",
-          "cut-stream", "reset", "no-usage", "no-done", "slow-stream-50", "slow-2000", "huge"]
+FAULTS = [
+    "fail-500",
+    "fail-502",
+    "fail-503",
+    "fail-429",
+    "fail-400",
+    "fail-401",
+    "non-json",
+    "bad-json",
+    "cut-stream",
+    "reset",
+    "no-usage",
+    "no-done",
+    "slow-stream-50",
+    "slow-2000",
+    "huge",
+]
 
 
 def standard_policy(upstream_url: str) -> str:
     """Every model name a test needs, all pointing at the fake upstream."""
+
+    def backends(fault: str) -> tuple[str, str]:
+        # Whole answers are bounded by total_s (first_byte_s only bounds streams): slow faults get 1 s.
+        short = fault.startswith("slow-") and not fault.startswith("slow-stream")
+        return ("fake-short", "claude-short") if short else ("fake", "claude")
+
     fault_models = "\n".join(
-        f"  - {{name: {f}, targets: [{{backend: fake, model: {f}}}]}}\n"
-        f"  - {{name: claude-{f}, targets: [{{backend: claude, model: {f}}}]}}"
+        f"  - {{name: {f}, targets: [{{backend: {backends(f)[0]}, model: {f}}}]}}\n"
+        f"  - {{name: claude-{f}, targets: [{{backend: {backends(f)[1]}, model: {f}}}]}}"
         for f in FAULTS
     )
     return f"""
@@ -35,6 +56,16 @@ backends:
     base_url: "{upstream_url}"
     api_key: "{ANTHROPIC_KEY}"
     timeouts: {{connect_s: 2, first_byte_s: 1.0, idle_s: 5, total_s: 30}}
+  - name: fake-short
+    type: openai
+    base_url: "{upstream_url}/v1"
+    api_key: "{UPSTREAM_KEY}"
+    timeouts: {{connect_s: 2, first_byte_s: 1.0, idle_s: 5, total_s: 1.0}}
+  - name: claude-short
+    type: anthropic
+    base_url: "{upstream_url}"
+    api_key: "{ANTHROPIC_KEY}"
+    timeouts: {{connect_s: 2, first_byte_s: 1.0, idle_s: 5, total_s: 1.0}}
   - name: nowhere
     type: openai
     base_url: "http://127.0.0.1:9/v1"

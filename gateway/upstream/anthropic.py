@@ -75,7 +75,9 @@ class AnthropicTransport:
             raise InvalidRequest(exc.message, param=exc.param) from None
         body["stream"] = stream
         headers = {**self._headers, **call.headers}
-        resp = await post(self._session, self._url, msgspec.json.encode(body), headers, self.config.timeouts)
+        resp = await post(
+            self._session, self._url, msgspec.json.encode(body), headers, self.config.timeouts, stream=stream
+        )
         await raise_for_status(resp, self.backend, summarise=_summarise)
         return resp
 
@@ -93,6 +95,12 @@ class AnthropicTransport:
     async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
         with upstream_errors(self.backend, self.config.timeouts):
             resp = await self._send(call, stream=True)
+        content_type = resp.headers.get("content-type", "")
+        if "text/event-stream" not in content_type:
+            resp.close()
+            raise BadUpstreamResponse(
+                f"backend {self.backend!r} answered a stream request with {content_type or 'no content type'}"
+            )
         options = call.body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
         return AnthropicStream(

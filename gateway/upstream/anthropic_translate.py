@@ -243,12 +243,14 @@ def _finish_reason(stop_reason: Any) -> str | None:
     return _FINISH_REASONS.get(stop_reason) if isinstance(stop_reason, str) else None
 
 
-def _usage(usage: Any) -> dict[str, int]:
-    u = usage if isinstance(usage, Mapping) else {}
+def _usage(usage: Any) -> dict[str, int] | None:
+    """OpenAI usage, or None when Anthropic sent no token counts (the gateway then counts them)."""
     # OpenAI's prompt_tokens includes cached input; Anthropic counts it separately (null when unused).
-    keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    prompt = sum(u.get(key) or 0 for key in keys)
-    completion = u.get("output_tokens") or 0
+    prompt_keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    if not isinstance(usage, Mapping) or all(usage.get(key) is None for key in (*prompt_keys, "output_tokens")):
+        return None
+    prompt = sum(usage.get(key) or 0 for key in prompt_keys)
+    completion = usage.get("output_tokens") or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

@@ -121,10 +121,20 @@ def request_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
 
 
 async def post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    *,
+    stream: bool,
 ) -> aiohttp.ClientResponse:
-    """Send and wait for the status line and headers, within the first-byte timeout."""
-    async with asyncio.timeout(timeouts.first_byte_s):
+    """Send and wait for the status line and headers.
+
+    A stream's headers come when generation starts, so first_byte_s bounds its time to first token;
+    a whole answer's headers come when generation ends, so only total_s bounds it.
+    """
+    async with asyncio.timeout(timeouts.first_byte_s if stream else timeouts.total_s):
         return await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts))
 
 

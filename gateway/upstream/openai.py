@@ -43,17 +43,18 @@ class OpenAITransport:
         if self._session is not None:
             await self._session.close()
 
-    async def _send(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+    async def _send(self, call: UpstreamCall, *, stream: bool) -> aiohttp.ClientResponse:
         assert self._session is not None, "transport used before start()"
         headers = {**self._headers, **call.headers} if call.headers else self._headers
         body = msgspec.json.encode(call.body)
-        resp = await post(self._session, self._base + PATHS[call.endpoint], body, headers, self.config.timeouts)
+        url = self._base + PATHS[call.endpoint]
+        resp = await post(self._session, url, body, headers, self.config.timeouts, stream=stream)
         await raise_for_status(resp, self.backend)
         return resp
 
     async def complete(self, call: UpstreamCall) -> dict[str, Any]:
         with upstream_errors(self.backend, self.config.timeouts):
-            resp = await self._send(call)
+            resp = await self._send(call, stream=False)
             try:
                 answer = await read_json(resp, self.backend, self.config.timeouts)
             finally:
@@ -64,7 +65,7 @@ class OpenAITransport:
 
     async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
         with upstream_errors(self.backend, self.config.timeouts):
-            resp = await self._send(call)
+            resp = await self._send(call, stream=True)
         content_type = resp.headers.get("content-type", "")
         if "text/event-stream" not in content_type:
             resp.close()

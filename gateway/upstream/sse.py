@@ -27,7 +27,7 @@ class SSEDecoder:
     `max_event_bytes` bounds what one event may buffer, so a broken upstream cannot exhaust memory.
     """
 
-    __slots__ = ("_buffer", "_data", "_event", "_max", "_size")
+    __slots__ = ("_buffer", "_data", "_event", "_max", "_size", "_skip_lf")
 
     def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
         self._buffer = b""
@@ -35,14 +35,17 @@ class SSEDecoder:
         self._event = ""
         self._max = max_event_bytes
         self._size = 0
+        self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        if self._skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the \n of a \r\n split across two reads
+        self._skip_lf = chunk.endswith(b"\r")
         buffer = self._buffer + chunk if self._buffer else chunk
         if b"\r" in buffer:
-            # A trailing \r may be the first half of \r\n: keep it until the next byte arrives.
-            keep_cr = buffer.endswith(b"\r")
-            buffer = buffer[:-1] if keep_cr else buffer
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep_cr else b"")
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *lines, rest = buffer.split(b"\n")
         self._buffer = rest
         if len(rest) + self._size > self._max:
@@ -56,7 +59,8 @@ class SSEDecoder:
 
     def _line(self, raw: bytes) -> SSEEvent | None:
         if not raw:
-            if not self._data and not self._event:
+            if not self._data:
+                self._event = ""  # an event with no data is not dispatched (per the SSE spec)
                 return None
             event = SSEEvent("\n".join(self._data), self._event or "message")
             self._data, self._event, self._size = [], "", 0

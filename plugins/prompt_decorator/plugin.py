@@ -42,6 +42,8 @@ def decorate(messages: list[dict[str, Any]], cfg: PromptDecoratorConfig) -> list
 
 
 class PromptDecorator(Plugin):
+    """Adds system text and fixed messages to every chat request."""
+
     name = "prompt_decorator"
     Config = PromptDecoratorConfig
     config: PromptDecoratorConfig

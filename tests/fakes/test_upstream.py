@@ -60,9 +60,7 @@ def sse_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def post(
-    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> tuple[int, Any, bytes]:
+async def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.post(url, json=body, headers=headers) as response,
@@ -149,9 +147,7 @@ def test_chat_tools(client: OpenAI) -> None:
         {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}},
         {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}},
     ]
-    completion = client.chat.completions.create(
-        model="echo-model", messages=user("please call tool now"), tools=tools
-    )
+    completion = client.chat.completions.create(model="echo-model", messages=user("please call tool now"), tools=tools)
     [choice] = completion.choices
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
@@ -162,9 +158,7 @@ def test_chat_tools(client: OpenAI) -> None:
     assert (call.function.name, call.function.arguments) == ("lookup", '{"x": 1}')
 
     chunks = list(
-        client.chat.completions.create(
-            model="echo-model", messages=user("call tool"), tools=tools, stream=True
-        )
+        client.chat.completions.create(model="echo-model", messages=user("call tool"), tools=tools, stream=True)
     )
     assert len(chunks) == 3
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -187,9 +181,7 @@ def test_chat_max_tokens_and_json_mode(client: OpenAI) -> None:
     assert cut.choices[0].message.content == "echo: a b"
     assert cut.choices[0].finish_reason == "length"
 
-    cut = client.chat.completions.create(
-        model="echo-model", messages=user("a b c d"), max_completion_tokens=1
-    )
+    cut = client.chat.completions.create(model="echo-model", messages=user("a b c d"), max_completion_tokens=1)
     assert cut.choices[0].message.content == "echo:"
 
     as_json = client.chat.completions.create(
@@ -226,9 +218,7 @@ def test_completions(client: OpenAI) -> None:
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 5)
 
     chunks = list(
-        client.completions.create(
-            model="echo-model", prompt="x y", stream=True, stream_options={"include_usage": True}
-        )
+        client.completions.create(model="echo-model", prompt="x y", stream=True, stream_options={"include_usage": True})
     )
     assert "".join(chunk.choices[0].text for chunk in chunks[:-1]) == "echo: x y"
     assert chunks[-2].choices[0].finish_reason == "stop"
@@ -395,9 +385,7 @@ def test_errors_reach_the_sdk(client: OpenAI) -> None:
 
 async def test_slow(upstream: FakeUpstream) -> None:
     started = time.monotonic()
-    status, _, raw = await post(
-        upstream.url + "/v1/chat/completions", {"model": "slow-300", "messages": user("hi")}
-    )
+    status, _, raw = await post(upstream.url + "/v1/chat/completions", {"model": "slow-300", "messages": user("hi")})
     assert time.monotonic() - started >= 0.3
     assert status == 200
     assert json.loads(raw)["choices"][0]["message"]["content"] == "echo: hi"
@@ -486,9 +474,7 @@ async def test_stream_counters(upstream: FakeUpstream) -> None:
         response.close()  # drops the connection mid-stream
     # The stream would need 2.5 s to finish; seeing it cancelled well before proves
     # the server noticed the disconnect rather than running on.
-    assert await asyncio.to_thread(
-        upstream.wait_for, lambda: upstream.cancelled_streams == cancelled + 1, 1.0
-    )
+    assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.cancelled_streams == cancelled + 1, 1.0)
     assert upstream.completed_streams == completed + 1
 
 

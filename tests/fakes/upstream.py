@@ -602,11 +602,7 @@ class FakeUpstream:
         n = _int_field(body, "n") or 1
         limit = _int_field(body, "max_tokens")
         # One choice per (prompt, n) pair, prompt-major, as the real API numbers them.
-        replies = [
-            _make_reply(prompt, behaviour, tool_name=None, limit=limit)
-            for prompt in prompts
-            for _ in range(n)
-        ]
+        replies = [_make_reply(prompt, behaviour, tool_name=None, limit=limit) for prompt in prompts for _ in range(n)]
         usage = _usage(_count_words(prompts), sum(reply.tokens for reply in replies))
         base = {
             "id": f"cmpl-fake-{self._next_id()}",
@@ -618,9 +614,7 @@ class FakeUpstream:
         if body.get("stream"):
             stream_options = body.get("stream_options") or {}
             include_usage = bool(stream_options.get("include_usage")) and behaviour.usage
-            events = _completion_stream_events(
-                base, replies, usage if include_usage else None, behaviour.done
-            )
+            events = _completion_stream_events(base, replies, usage if include_usage else None, behaviour.done)
             return await self._stream(request, behaviour, events)
 
         payload: dict[str, Any] = {
@@ -670,8 +664,7 @@ class FakeUpstream:
             {
                 "object": "list",
                 "data": [
-                    {"id": model, "object": "model", "created": 1700000000, "owned_by": "fake"}
-                    for model in MODEL_IDS
+                    {"id": model, "object": "model", "created": 1700000000, "owned_by": "fake"} for model in MODEL_IDS
                 ],
             }
         )
@@ -721,9 +714,7 @@ class FakeUpstream:
             "model": body.get("model"),
         }
         if body.get("stream"):
-            events = _anthropic_stream_events(
-                message, reply, input_tokens if behaviour.usage else None, behaviour.done
-            )
+            events = _anthropic_stream_events(message, reply, input_tokens if behaviour.usage else None, behaviour.done)
             return await self._stream(request, behaviour, events)
 
         content: dict[str, Any] = (
@@ -835,8 +826,7 @@ def _completion_stream_events(
         if step < len(choice_pieces)
     ]
     events += [
-        _Event(_openai_sse(chunk(index, "", reply.openai_finish_reason())))
-        for index, reply in enumerate(replies)
+        _Event(_openai_sse(chunk(index, "", reply.openai_finish_reason()))) for index, reply in enumerate(replies)
     ]
     if usage is not None:
         events.append(_Event(_openai_sse({**base, "choices": [], "usage": usage})))

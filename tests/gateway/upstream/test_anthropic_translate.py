@@ -72,9 +72,7 @@ def test_system_and_developer_messages_anywhere_are_joined_into_system() -> None
         "model": MODEL,
         "system": "You are terse.\n\nAnswer in French.\n\nA\n\nB",
         # Removing the developer message leaves two user turns side by side: they merge.
-        "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "Bye"}]}
-        ],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "Bye"}]}],
         "max_tokens": 4096,
     }
 
@@ -237,9 +235,7 @@ def test_assistant_with_only_tool_calls_and_empty_arguments() -> None:
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": ""}}
-                ],
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "now", "arguments": ""}}],
             },
             {"role": "tool", "tool_call_id": "call_1", "content": "12:00"},
         ]
@@ -278,9 +274,7 @@ def test_tool_call_without_id_is_rejected() -> None:
 
 
 def test_tool_message_without_tool_call_id_is_rejected() -> None:
-    err = _translation_error(
-        {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r"}]}
-    )
+    err = _translation_error({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r"}]})
     assert err.param == "messages[1].tool_call_id"
 
 
@@ -296,9 +290,7 @@ def test_unknown_role_is_rejected() -> None:
     assert err.param == "messages[0].role"
 
 
-@pytest.mark.parametrize(
-    "messages", [None, [], "hello", [{"role": "system", "content": "only a system prompt"}]]
-)
+@pytest.mark.parametrize("messages", [None, [], "hello", [{"role": "system", "content": "only a system prompt"}]])
 def test_missing_or_empty_conversation_is_rejected(messages: Any) -> None:
     assert _translation_error({"messages": messages}).param == "messages"
 
@@ -461,10 +453,7 @@ def test_json_response_format_is_rejected_clearly(response_format: dict[str, Any
 
 
 def test_logprobs_true_is_rejected() -> None:
-    assert (
-        _translation_error({"messages": [_user("x")], "logprobs": True, "top_logprobs": 3}).param
-        == "logprobs"
-    )
+    assert _translation_error({"messages": [_user("x")], "logprobs": True, "top_logprobs": 3}).param == "logprobs"
 
 
 def test_legacy_functions_are_rejected() -> None:
@@ -495,17 +484,13 @@ def _anthropic_message(content: list[dict[str, Any]], stop_reason: Any, **usage:
 
 
 def test_text_response() -> None:
-    resp = _anthropic_message(
-        [{"type": "text", "text": "Hello"}, {"type": "text", "text": " world"}], "end_turn"
-    )
+    resp = _anthropic_message([{"type": "text", "text": "Hello"}, {"type": "text", "text": " world"}], "end_turn")
     assert from_anthropic_response(resp, created=1700000000) == {
         "id": "chatcmpl-msg_01ABC",
         "object": "chat.completion",
         "created": 1700000000,
         "model": "claude-sonnet-4-5-20250929",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
 
@@ -532,9 +517,7 @@ def test_tool_use_only_response_has_null_content() -> None:
             "finish_reason": "tool_calls",
         }
     ]
-    assert json.loads(out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {
-        "city": "Paris"
-    }
+    assert json.loads(out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
 
 
 def test_text_thinking_and_tool_use_response() -> None:
@@ -654,9 +637,7 @@ REALISTIC_STREAM = [
     _message_start(cache_creation_input_tokens=0, cache_read_input_tokens=100),
     _event("ping"),
     _event("content_block_start", index=0, content_block={"type": "thinking", "thinking": ""}),
-    _event(
-        "content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "User wants weather."}
-    ),
+    _event("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "User wants weather."}),
     _event("content_block_delta", index=0, delta={"type": "signature_delta", "signature": "EqQB"}),
     _event("content_block_stop", index=0),
     _event("content_block_start", index=1, content_block={"type": "text", "text": ""}),
@@ -770,9 +751,7 @@ def test_stream_without_usage_has_no_usage_keys_and_no_final_chunk() -> None:
 def test_stream_finish_reason_mapping(stop_reason: str, finish_reason: str) -> None:
     translator = AnthropicStreamTranslator(include_usage=False, created=CREATED)
     translator.feed(*_message_start())
-    chunks = translator.feed(
-        *_event("message_delta", delta={"stop_reason": stop_reason}, usage={"output_tokens": 9})
-    )
+    chunks = translator.feed(*_event("message_delta", delta={"stop_reason": stop_reason}, usage={"output_tokens": 9}))
     assert chunks == [_chunk({}, finish_reason, usage=False)]
 
 
@@ -781,10 +760,7 @@ def test_stream_never_invents_a_finish_reason(stop_reason: Any) -> None:
     translator = AnthropicStreamTranslator(include_usage=True, created=CREATED)
     translator.feed(*_message_start())
     assert (
-        translator.feed(
-            *_event("message_delta", delta={"stop_reason": stop_reason}, usage={"output_tokens": 9})
-        )
-        == []
+        translator.feed(*_event("message_delta", delta={"stop_reason": stop_reason}, usage={"output_tokens": 9})) == []
     )
 
 
@@ -806,9 +782,7 @@ def test_stream_error_event_raises() -> None:
     translator = AnthropicStreamTranslator(include_usage=False, created=CREATED)
     translator.feed(*_message_start())
     with pytest.raises(AnthropicStreamError) as info:
-        translator.feed(
-            "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-        )
+        translator.feed("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     assert (info.value.message, info.value.type) == ("Overloaded", "overloaded_error")
     assert not translator.finished
 
@@ -834,17 +808,12 @@ def test_ping_unknown_events_and_events_after_stop_produce_nothing() -> None:
     assert translator.feed("some_future_event", {"type": "some_future_event"}) == []
     translator.feed(*_event("message_stop"))
     assert translator.finished
-    assert (
-        translator.feed(*_event("content_block_delta", index=0, delta={"type": "text_delta", "text": "x"}))
-        == []
-    )
+    assert translator.feed(*_event("content_block_delta", index=0, delta={"type": "text_delta", "text": "x"})) == []
 
 
 def test_event_name_falls_back_to_data_type() -> None:
     translator = AnthropicStreamTranslator(include_usage=False, created=CREATED)
-    assert translator.feed("", _message_start()[1]) == [
-        _chunk({"role": "assistant", "content": ""}, usage=False)
-    ]
+    assert translator.feed("", _message_start()[1]) == [_chunk({"role": "assistant", "content": ""}, usage=False)]
 
 
 # ------------------------------------------------------------------------------- errors
@@ -856,9 +825,7 @@ def test_error_from_standard_body() -> None:
 
 
 def test_error_from_json_text_and_bytes() -> None:
-    text = json.dumps(
-        {"type": "error", "error": {"type": "invalid_request_error", "message": "bad max_tokens"}}
-    )
+    text = json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "bad max_tokens"}})
     assert error_from_anthropic(400, text) == ("bad max_tokens", "invalid_request_error")
     assert error_from_anthropic(400, text.encode()) == ("bad max_tokens", "invalid_request_error")
 

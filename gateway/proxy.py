@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway import intake, replay, tokens
+from gateway import intake, metrics, replay, tokens
 from gateway.chain import Chain
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.plugin import Endpoint, RequestContext, Respond
@@ -96,6 +96,7 @@ class Proxy:
                 _log(runtime, {"request_id": request_id, "status": status, "error": rejected})
                 return
             ctx.status = status
+            metrics.REQUESTS.labels(ctx.route.name, ctx.target.backend if ctx.target else "-", str(status)).inc()
             if chain is not None:
                 await chain.end(ctx)
             _log_access(ctx, runtime)

@@ -16,7 +16,6 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 
 from gateway.errors import GatewayError
 
-_JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -31,17 +30,20 @@ def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
 class JSONResponse:
     """`on_close`, when set, runs after the body is sent (end-phase work adds no latency)."""
 
-    __slots__ = ("body", "headers", "on_close", "status")
+    __slots__ = ("body", "content_type", "headers", "on_close", "status")
 
-    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, status: int, body: bytes, headers: Mapping[str, str], content_type: str = "application/json"
+    ) -> None:
         self.status = status
         self.body = body
         self.headers = headers
+        self.content_type = content_type
         self.on_close: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = _raw(self.headers)
-        raw.append(_JSON)
+        raw.append((b"content-type", self.content_type.encode("latin-1")))
         raw.append((b"content-length", str(len(self.body)).encode()))
         start: HTTPResponseStartEvent = {"type": "http.response.start", "status": self.status, "headers": raw}
         body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": self.body, "more_body": False}

@@ -18,7 +18,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp
 
-from gateway import openapi
+from gateway import metrics, openapi
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.loader import LoadedPolicy
 from gateway.plugin import Endpoint
@@ -140,6 +140,12 @@ async def _reachable(holder: RuntimeHolder, backend: Any) -> bool:
     return ok
 
 
+@get("/metrics")
+async def prometheus_metrics() -> ASGIApp:
+    body, content_type = metrics.exposition()
+    return JSONResponse(200, body, {}, content_type=content_type)
+
+
 @get("/openapi.json")
 async def openapi_json() -> ASGIApp:
     return json_response(200, openapi.document(VERSION), {})
@@ -191,6 +197,7 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
             health,
             ready,
             openapi_json,
+            prometheus_metrics,
         ],
         lifespan=[lifespan],
         openapi_config=None,

@@ -7,6 +7,7 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
+from tests.redis_server import RedisServer
 
 CLIENT_KEY = "sk-client-test-key-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-9876543210"
@@ -122,3 +123,11 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[[str], GatewayServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private Redis (not the machine's shared one), so tests may kill and restart it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()

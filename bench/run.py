@@ -65,7 +65,7 @@ http {{ access_log off; client_body_temp_path {workdir}; proxy_temp_path {workdi
     return subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)])
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: int, script: str = "post.lua") -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -74,7 +74,7 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
             f"-d{seconds}s",
             "--latency",
             "-s",
-            str(ROOT / "bench" / "post.lua"),
+            str(ROOT / "bench" / script),
             url,
         ],
         capture_output=True,
@@ -101,6 +101,21 @@ def _ms(value: str) -> float:
     return number * 1000 if value.endswith("s") else number
 
 
+GATEWAYS = {
+    "gateway": "",
+    "gateway + exact_cache (hit)": "[{use: exact_cache}]",
+    "gateway + semantic_cache (hit)": "[{use: semantic_cache}]",
+}
+
+
+def gateway_policy(upstream: str, plugins: str) -> str:
+    return (
+        f"backends: [{{name: nginx, type: openai, base_url: '{upstream}/v1'}}]\n"
+        f"models: [{{name: bench, targets: [{{backend: nginx, model: bench}}], plugins: {plugins or '[]'}}}]\n"
+        "telemetry: {access_log: false, log_level: warning}\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "8")))
@@ -110,35 +125,31 @@ def main() -> int:
         print("make bench needs wrk and nginx: apt-get install -y wrk nginx-light", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-    ports = {"nginx": free_port(), "floor": free_port(), "gateway": free_port()}
-    upstream = f"http://127.0.0.1:{ports['nginx']}"
-    policy = workdir / "policy.yaml"
-    policy.write_text(
-        f"backends: [{{name: nginx, type: openai, base_url: '{upstream}/v1'}}]\n"
-        "models: [{name: bench, targets: [{backend: nginx, model: bench}]}]\n"
-        "telemetry: {access_log: false, log_level: warning}\n"
-    )
-    procs = [start_nginx(workdir, ports["nginx"])]
+    nginx_port, floor_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{nginx_port}"
+    procs = [start_nginx(workdir, nginx_port)]
     procs.append(
         subprocess.Popen(
-            [sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream, "--port", str(ports["floor"])], cwd=ROOT
-        )
-    )
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(policy), "--port", str(ports["gateway"])],
-            cwd=ROOT,
+            [sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream, "--port", str(floor_port)], cwd=ROOT
         )
     )
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
-        for port in ports.values():
-            wait_http(f"http://127.0.0.1:{port}/")
-        for name, port in ports.items():
-            url = f"http://127.0.0.1:{port}"
-            wrk(url, 8, 2)  # warm-up: connection pools, caches, JIT-free but allocator-warm
-            results[name] = {"c1": wrk(url, 1, args.seconds), "c64": wrk(url, 64, args.seconds)}
-            print(name, results[name], flush=True)
+        for name, port in (("nginx", nginx_port), ("floor", floor_port)):
+            results[name] = measure(f"http://127.0.0.1:{port}", "post.lua", args.seconds)
+        for name, plugins in GATEWAYS.items():
+            policy = workdir / f"policy-{len(results)}.yaml"
+            policy.write_text(gateway_policy(upstream, plugins))
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(policy), "--port", str(port)], cwd=ROOT
+            )
+            try:
+                script = "post.lua" if not plugins else "fixed.lua"
+                results[name] = measure(f"http://127.0.0.1:{port}", script, args.seconds)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=15)
         clients = transport.compare(upstream + "/v1/chat/completions", 64, max(3, args.seconds // 2))
         print("clients", clients, flush=True)
     finally:
@@ -146,14 +157,36 @@ def main() -> int:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=15)
-    Path(args.output).write_text(report(results, clients, args.seconds))
+    precision = semantic_table()
+    Path(args.output).write_text(report(results, clients, args.seconds, precision))
     print(f"wrote {args.output}")
     return 0
 
 
-def report(results: dict[str, dict[str, dict[str, float]]], clients: dict[str, float], seconds: int) -> str:
+def measure(url: str, script: str, seconds: int) -> dict[str, dict[str, float]]:
+    wait_http(url + "/")
+    wrk(url, 8, 2, script)  # warm-up: connection pools, caches, allocator
+    result = {"c1": wrk(url, 1, seconds, script), "c64": wrk(url, 64, seconds, script)}
+    print(url, script, result, flush=True)
+    return result
+
+
+def semantic_table() -> str:
+    try:
+        from bench import semantic_precision
+    except ImportError:
+        return "(bench/semantic_precision.py is missing)"
+    return str(semantic_precision.markdown())
+
+
+def report(
+    results: dict[str, dict[str, dict[str, float]]], clients: dict[str, float], seconds: int, precision: str
+) -> str:
     nginx, floor, gw = results["nginx"], results["floor"], results["gateway"]
-    added = lambda r: r["c1"]["p50"] - nginx["c1"]["p50"]  # noqa: E731
+
+    def added(r: dict[str, dict[str, float]]) -> float:
+        return r["c1"]["p50"] - nginx["c1"]["p50"]
+
     rows = "\n".join(
         f"| {name} | {r['c1']['p50']:.3f} | {r['c1']['p99']:.3f} | {added(r):.3f} | {r['c64']['rps']:,.0f} "
         f"| {r['c64']['p99']:.2f} | {r['c64']['rps'] / floor['c64']['rps']:.2f} "
@@ -165,12 +198,14 @@ def report(results: dict[str, dict[str, dict[str, float]]], clients: dict[str, f
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""# Benchmarks
 
-Measured by `make bench` ({stamp}, {os.cpu_count()} cores, {seconds} s per run, wrk with a unique prompt per
-request). Upstream: nginx returning a fixed chat completion. Floor: a bare aiohttp pass-through proxy
-(`bench/floor_proxy.py`), the fastest a Python proxy gets here. Gateway: `gateway serve`, one process,
-no plugins. Ratios are against the floor measured in the same run: these machines are shared and noisy.
+Measured by `make bench` ({stamp}, {os.cpu_count()} cores, {seconds} s per run, wrk). Upstream: nginx returning
+a fixed chat completion. Floor: a bare aiohttp pass-through proxy (`bench/floor_proxy.py`), the fastest a Python
+proxy gets here. Gateway rows: `gateway serve`, one process. The plain rows send a unique prompt per request
+(`bench/post.lua`), so nothing can be cached; the cache rows repeat one prompt (`bench/fixed.lua`), so after the
+first request every answer is a cache hit (for the semantic cache: embedding, vector search and verification on
+every request). Ratios are against the floor measured in the same run: these machines are shared and noisy.
 
-## Proxy overhead
+## Proxy overhead and cache hits
 
 | target | p50 ms, 1 conn | p99 ms, 1 conn | added p50 vs nginx | req/s, 64 conn | p99 ms, 64 conn | vs floor | errors |
 | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -187,6 +222,10 @@ The same 64 parallel request loops against nginx, in one Python process (uvloop)
 {client_rows}
 
 The gateway's transports use aiohttp directly (`gateway/upstream/base.py`).
+
+## Semantic cache precision
+
+{precision}
 """
 
 

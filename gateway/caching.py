@@ -98,13 +98,14 @@ def scope(ctx: RequestContext, cfg: CacheConfig) -> str:
     return "*" if cfg.shared else ctx.caller.name
 
 
-def fingerprint(ctx: RequestContext, cfg: CacheConfig, *, leave_out: Iterable[str] = ()) -> str:
+def fingerprint(ctx: RequestContext, cfg: CacheConfig, *, body: Mapping[str, Any] | None = None) -> str:
     """sha256 over the canonical request (keys sorted) with the model name and the caller's scope.
 
+    `body` replaces the request body (the semantic cache passes it without the last user turn).
     The caller's identity is its key *name* or a hash of its token, never the token itself.
     """
-    skip = NOT_IN_KEY.union(leave_out)
-    body = {k: v for k, v in ctx.body.items() if k not in skip}
+    source = ctx.body if body is None else body
+    body = {k: v for k, v in source.items() if k not in NOT_IN_KEY}
     extra = ctx.get(CacheKeyExtra)
     material = {
         "v": 1,

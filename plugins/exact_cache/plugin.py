@@ -60,7 +60,7 @@ class _Pending:
 
     key: str
     store: bool
-    leader: asyncio.Future[dict[str, Any] | None] | None = None
+    leader: asyncio.Future[bytes | None] | None = None
     chunks: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -83,7 +83,7 @@ class ExactCache(Plugin):
         else:
             self.store = MemoryStore(config.max_entries, config.max_bytes)
         # Shared by all requests on purpose: the requests now in flight, by key, for coalescing.
-        self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._in_flight: dict[str, asyncio.Future[bytes | None]] = {}
 
     async def close(self) -> None:
         if self.link is not None:
@@ -143,14 +143,14 @@ class ExactCache(Plugin):
             return CONTINUE
         pending.store = False
         self._decide(ctx, "hit", COALESCED)
-        return Respond(answer)
+        return Respond(msgspec.json.decode(answer))  # each waiter gets its own copy to transform
 
     def _store_down(self, ctx: RequestContext, pending: _Pending, error: str) -> RequestDecision:
         STORE_ERRORS.labels(self.name).inc()
         DEGRADED.labels(self.name).set(1)
         pending.store = False
+        self._decide(ctx, "bypass", "store unavailable")
         if self.config.fail_open:
-            self._decide(ctx, "bypass", "store unavailable")
             return CONTINUE
         log.warning("request %s: cache store unavailable, failing closed: %s", ctx.request_id, error)
         body = error_body(
@@ -185,18 +185,20 @@ class ExactCache(Plugin):
         if not storable(answer, self.config):
             self._release(pending, None)
             return
-        self._release(pending, answer)
+        encoded = msgspec.json.encode(answer)
         if pending.store:
+            # Stored before waiters are released, so a request arriving meanwhile finds it.
             pending.store = False
             try:
-                await self.store.put(pending.key, msgspec.json.encode(answer), self.config.ttl_s)
+                await self.store.put(pending.key, encoded, self.config.ttl_s)
                 if self.link is not None:
                     DEGRADED.labels(self.name).set(0)
             except RedisUnavailable:
                 STORE_ERRORS.labels(self.name).inc()
                 DEGRADED.labels(self.name).set(1)
+        self._release(pending, encoded)
 
-    def _release(self, pending: _Pending, answer: dict[str, Any] | None) -> None:
+    def _release(self, pending: _Pending, answer: bytes | None) -> None:
         leader, pending.leader = pending.leader, None
         if leader is None:
             return

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8080
 CONFIG ?= policies/default.yaml
 
-.PHONY: install run test lint format bench schema clean help
+.PHONY: install system-deps run test lint format bench schema clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -21,10 +21,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+system-deps:  ## redis-server for the tests, wrk and nginx for the benchmarks (apt, when missing)
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			(apt-get install -y -q $$missing >/dev/null 2>&1 || \
+			 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null)) || \
+			{ echo "could not install$$missing"; exit 1; }; \
+		else \
+			echo "please install:$$missing (e.g. sudo apt-get install$$missing)"; exit 1; \
+		fi; \
+	fi
+
 run: install  ## start the gateway on $(PORT) with the embedded default policy
 	PORT=$(PORT) $(BIN)/gateway serve --config $(CONFIG)
 
-test: install  ## run the whole test suite
+test: install system-deps  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 lint: install  ## ruff and mypy --strict
@@ -39,7 +55,7 @@ format: install
 schema: install  ## regenerate schema/policy.schema.json
 	$(BIN)/gateway schema -o schema/policy.schema.json
 
-bench: install  ## benchmarks; results go to docs/benchmarks.md
+bench: install system-deps  ## benchmarks; results go to docs/benchmarks.md
 	$(BIN)/python -m bench.run
 
 clean:

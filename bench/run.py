@@ -176,7 +176,7 @@ def semantic_table() -> str:
         from bench import semantic_precision
     except ImportError:
         return "(bench/semantic_precision.py is missing)"
-    return str(semantic_precision.markdown())
+    return str(semantic_precision.report(semantic_precision.score()))
 
 
 def report(

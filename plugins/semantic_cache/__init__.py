@@ -2,7 +2,7 @@
 
     plugins:
       - use: semantic_cache
-        threshold: 0.85          # cosine similarity of the last user turns
+        threshold: 0.70          # cosine similarity of the last user turns (tuned with the verifier)
         strictness: balanced     # verifier: strict | balanced | off
         store: memory            # or redis: entries shared by every replica
         shared: false            # true: callers share answers

@@ -42,6 +42,7 @@ VERIFIER = metrics.counter(
     "Candidates above the similarity threshold, by the verifier's verdict.",
     ("model", "verdict"),
 )
+DEGRADED = metrics.gauge("gateway_cache_degraded", "1 while a cache's shared store is unreachable.", ("plugin",))
 SIMILARITY = metrics.histogram(
     "gateway_semantic_cache_similarity",
     "Similarity of the best candidate found for a request.",
@@ -54,7 +55,9 @@ class SemanticCacheConfig(CacheConfig):
     model_path: str | None = Field(
         None, description="sentence-transformers model folder; default: the packaged all-MiniLM-L6-v2."
     )
-    threshold: float = Field(0.85, ge=0, le=1, description="Least cosine similarity for a candidate.")
+    threshold: float = Field(
+        0.70, ge=0, le=1, description="Least cosine similarity for a candidate (tuned with the verifier on)."
+    )
     strictness: Strictness = Field(
         "balanced", description="Verifier after the vector search: strict, balanced, or off (threshold only)."
     )
@@ -126,6 +129,7 @@ class SemanticCache(Plugin):
         if self.link is None:
             return Readiness(True, f"{len(self.index or ())} entries in memory")
         up = await self.link.ping()
+        DEGRADED.labels(self.name).set(0 if up else 1)
         if up:
             return Readiness(True, f"redis reachable, {len(self.index or ())} entries indexed")
         mode = "serving without the cache (fail_open)" if self.config.fail_open else "not serving"

@@ -161,3 +161,20 @@ def test_redis_down_fails_open_and_recovers(
         header = ask(gateway, f"Which {tag} plan includes priority support?")[1]
         time.sleep(0.1)
     assert header == "semantic-hit"
+
+
+async def test_embeddings_are_batched_under_load(gateway: GatewayServer) -> None:
+    import asyncio
+
+    plugin = next(p for p in gateway.holder.current.plugins if p.name == "semantic_cache")
+    before = plugin.embedder.batches
+    client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key="k", max_retries=0)
+    tag = uuid.uuid4().hex[:6]
+    await asyncio.gather(
+        *(
+            client.chat.completions.create(model="sem", messages=[{"role": "user", "content": f"{tag} question {i}"}])
+            for i in range(24)
+        )
+    )
+    batches = plugin.embedder.batches - before
+    assert 1 <= batches < 24  # concurrent requests shared encode calls

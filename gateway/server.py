@@ -14,16 +14,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway import metrics, openapi
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.loader import LoadedPolicy
 from gateway.plugin import Endpoint
 from gateway.proxy import Proxy
-from gateway.responses import JSONResponse, SSEResponse, error_response, json_response
+from gateway.responses import JSONResponse, error_response, json_response
 from gateway.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway")
@@ -44,24 +44,40 @@ def _holder(request: Request[Any, Any, Any]) -> RuntimeHolder:
     return holder
 
 
-async def _proxy(request: Request[Any, Any, Any], endpoint: Endpoint) -> JSONResponse | SSEResponse:
-    proxy: Proxy = request.app.state.proxy
-    return await proxy.handle(endpoint, _headers(request), request.stream())
+def _proxy_route(path: str, endpoint: Endpoint) -> Any:
+    """A raw ASGI route: the proxy reads the body and writes the answer itself, so none of Litestar's
+    request parsing or response rendering runs on the hot path (routing and error handling still do)."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        method = str(scope.get("method", "GET"))
+        if method != "POST":
+            message = f"Method {method} is not allowed on {path}."
+            body = error_body(message, "invalid_request_error", None, "method_not_allowed")
+            response: Any = JSONResponse(405, msgspec.json.encode(body), {"allow": "POST"})
+        else:
+            proxy: Proxy = scope["app"].state.proxy
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            response = await proxy.handle(endpoint, headers, _body(receive))
+        await response(scope, receive, send)
+
+    return asgi(path, is_mount=False, copy_scope=False)(handle)
 
 
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any]) -> ASGIApp:
-    return await _proxy(request, "chat")
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if isinstance(body, bytes) and body:
+            yield body
+        if not message.get("more_body", False):
+            return
 
 
-@post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any]) -> ASGIApp:
-    return await _proxy(request, "completions")
-
-
-@post("/v1/embeddings", status_code=200)
-async def embeddings(request: Request[Any, Any, Any]) -> ASGIApp:
-    return await _proxy(request, "embeddings")
+chat_completions = _proxy_route("/v1/chat/completions", "chat")
+completions = _proxy_route("/v1/completions", "completions")
+embeddings = _proxy_route("/v1/embeddings", "embeddings")
 
 
 def _model_card(runtime: Runtime, name: str) -> dict[str, Any]:

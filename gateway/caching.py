@@ -44,6 +44,9 @@ class CacheConfig(PluginConfig):
     redis_timeout_ms: int = Field(50, ge=1, description="A Redis call slower than this counts as a failure.")
     retry_after_s: float = Field(1.0, gt=0, description="After a Redis failure, wait this long before trying it.")
     fail_open: bool = Field(True, description="Redis down: serve without the cache (true) or answer 503 (false).")
+    models: tuple[str, ...] | None = Field(
+        None, description="Only these model names use this cache (default: every model the entry applies to)."
+    )
 
 
 @dataclass(slots=True)
@@ -69,6 +72,11 @@ def cache_control(headers: Mapping[str, str]) -> tuple[bool, bool]:
     value = headers.get("cache-control", "").lower()
     directives = {d.strip().split("=", 1)[0] for d in value.split(",")}
     return "no-cache" in directives, "no-store" in directives
+
+
+def applies(ctx: RequestContext, cfg: CacheConfig) -> bool:
+    """False for models the policy leaves out: the cache then stays silent (no header, no metrics)."""
+    return cfg.models is None or ctx.route.name in cfg.models
 
 
 def bypass_reason(ctx: RequestContext, cfg: CacheConfig) -> str | None:

@@ -13,6 +13,7 @@ from gateway.caching import (
     CacheConfig,
     CacheVerdict,
     Outcome,
+    applies,
     assemble,
     bypass_reason,
     cache_control,
@@ -105,6 +106,8 @@ class ExactCache(Plugin):
         LOOKUPS.labels(self.name, ctx.route.name, "coalesced" if reason == COALESCED else outcome).inc()
 
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
+        if not applies(ctx, self.config):
+            return CONTINUE
         reason = bypass_reason(ctx, self.config)
         if reason is not None:
             self._decide(ctx, "bypass", reason)

@@ -15,6 +15,7 @@ from gateway.caching import (
     CacheConfig,
     CacheVerdict,
     Outcome,
+    applies,
     assemble,
     bypass_reason,
     cache_control,
@@ -145,6 +146,8 @@ class SemanticCache(Plugin):
         LOOKUPS.labels(self.name, ctx.route.name, outcome).inc()
 
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
+        if not applies(ctx, self.config):
+            return CONTINUE
         reason = bypass_reason(ctx, self.config) or ("endpoint" if ctx.endpoint != "chat" else None)
         messages = ctx.body.get("messages") or []
         query = last_user_text(messages) if reason is None else None

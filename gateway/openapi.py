@@ -43,6 +43,7 @@ _ERRORS = {
     ]
 }
 _OBJECT = {"type": "object", "additionalProperties": True}
+_TEXT = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
 def _post(summary: str, model: str, streams: bool) -> dict[str, Any]:
@@ -93,6 +94,14 @@ def document(version: str) -> dict[str, Any]:
             "/v1/models/{model}": _get("Describe one model", parameters=model_param),
             "/health": _get("Liveness"),
             "/ready": _get("Readiness: policy loaded, dependencies reachable"),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
         },
         "components": {
             "schemas": components,

@@ -140,6 +140,8 @@ class Proxy:
         headers: dict[str, str],
     ) -> JSONResponse | SSEResponse:
         answer = early.body
+        if early.status == 200 and isinstance(answer.get("usage"), dict):
+            ctx.usage = answer["usage"]  # what the answer cost when it was made (for the access log)
         if early.status == 200 and ctx.endpoint != "embeddings":
             replaced = await chain.response(ctx, answer, upto) if not ctx.stream else None
             if replaced is not None:

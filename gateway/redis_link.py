@@ -2,8 +2,8 @@
 
 Plugins that keep state in Redis (caches, limits) must never make a request slower than their
 timeout, nor fail it because Redis blinked. Every command runs under `timeout_s`; after a failure
-the link is *down* and refuses commands at once for `retry_after_s`, then lets one through to see
-whether Redis is back. `state()` feeds /ready and metrics.
+the link is *down* and refuses commands at once for `retry_after_s`; after that, commands go to Redis
+again and the first success marks it up. `state()` describes the link for admin views.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 T = TypeVar("T")
@@ -44,14 +45,22 @@ class RedisLink:
             raise RedisUnavailable(self.last_error)
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await op(self.client)
+                try:
+                    result = await op(self.client)
+                except (RedisConnectionError, OSError):
+                    # A pooled connection to a Redis that restarted fails once, at once: retry on a fresh one.
+                    result = await op(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
-            self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self._down_until = time.monotonic() + self.retry_after_s
+            self.mark_down(exc)
             raise RedisUnavailable(self.last_error) from None
         self.last_error = None
         return result
+
+    def mark_down(self, exc: BaseException) -> None:
+        """Record a failure seen here or by another connection to the same Redis (a background reader)."""
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._down_until = time.monotonic() + self.retry_after_s
 
     async def ping(self) -> bool:
         try:

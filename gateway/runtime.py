@@ -55,7 +55,7 @@ class Runtime:
         # Digests, so the keys themselves are not kept in a lookup table or compared by ==.
         self.keys = {key_digest(k.key.get_secret_value()): k.name for k in self.policy.auth.keys}
         self.in_flight = 0
-        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -98,9 +98,12 @@ class Runtime:
         await self._close(self.plugins)
 
     async def _close(self, plugins: list[Plugin]) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        # Closing runs to the end even if the caller is cancelled; a second caller waits for it.
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close_all(plugins))
+        await asyncio.shield(self._closing)
+
+    async def _close_all(self, plugins: list[Plugin]) -> None:
         for plugin in plugins:
             try:
                 await plugin.close()

@@ -43,6 +43,9 @@ VERIFIER = metrics.counter(
     "Candidates above the similarity threshold, by the verifier's verdict.",
     ("model", "verdict"),
 )
+STORE_ERRORS = metrics.counter(
+    "gateway_cache_store_errors_total", "Cache store calls that failed or timed out.", ("plugin",)
+)
 DEGRADED = metrics.gauge("gateway_cache_degraded", "1 while a cache's shared store is unreachable.", ("plugin",))
 SIMILARITY = metrics.histogram(
     "gateway_semantic_cache_similarity",
@@ -133,7 +136,7 @@ class SemanticCache(Plugin):
         DEGRADED.labels(self.name).set(0 if up else 1)
         if up:
             return Readiness(True, f"redis reachable, {len(self.index or ())} entries indexed")
-        mode = "serving without the cache (fail_open)" if self.config.fail_open else "not serving"
+        mode = "serving without the cache (fail_open)" if self.config.fail_open else "answering 503 (fail closed)"
         return Readiness(self.config.fail_open, f"redis unreachable, {mode}: {self.link.last_error}", degraded=True)
 
     def _adopt(self, entry: Entry, vector: Vector) -> None:
@@ -169,7 +172,21 @@ class SemanticCache(Plugin):
         if no_cache:
             self._decide(ctx, "bypass", "no-cache")
             return CONTINUE
+        if self.link is not None and not self.link.up and not await self.link.ping():
+            # Answers live in Redis: while it is down nothing can be served or stored.
+            if not self.config.fail_open:
+                return self._unavailable(ctx, pending)
+            pending.store = False
+            self._decide(ctx, "bypass", "store unavailable")
+            return CONTINUE
         return await self._lookup(ctx, pending)
+
+    def _unavailable(self, ctx: RequestContext, pending: _Pending) -> RequestDecision:
+        """Redis is down and the policy says fail closed."""
+        pending.store = False
+        self._decide(ctx, "bypass", "store unavailable")
+        message = "The semantic cache is unavailable; try again shortly."
+        return Respond(error_body(message, "server_error", None, "cache_unavailable"), status=503)
 
     async def _lookup(self, ctx: RequestContext, pending: _Pending) -> RequestDecision:
         assert self.index is not None and pending.vector is not None
@@ -188,12 +205,13 @@ class SemanticCache(Plugin):
                 try:
                     answer = await self.shared.answer(entry.id)
                 except RedisUnavailable:
+                    STORE_ERRORS.labels(self.name).inc()
+                    DEGRADED.labels(self.name).set(1)
+                    if not self.config.fail_open:
+                        return self._unavailable(ctx, pending)
                     pending.store = False
                     self._decide(ctx, "bypass", "store unavailable")
-                    if self.config.fail_open:
-                        return CONTINUE
-                    message = "The semantic cache is unavailable; try again shortly."
-                    return Respond(error_body(message, "server_error", None, "cache_unavailable"), status=503)
+                    return CONTINUE
                 if answer is None:  # expired in Redis before it expired here
                     self.index.remove(entry.id)
                     continue
@@ -235,6 +253,11 @@ class SemanticCache(Plugin):
             return
         try:
             await self.shared.publish(entry, pending.vector, encoded, self.config.ttl_s)
-        except RedisUnavailable:
-            return  # not cached this time; other replicas would not be able to serve it either
+        except RedisUnavailable as exc:
+            # Not cached this time: other replicas could not serve it either.
+            STORE_ERRORS.labels(self.name).inc()
+            DEGRADED.labels(self.name).set(1)
+            log.warning("semantic cache: storing an answer in Redis failed: %s", exc)
+            return
+        DEGRADED.labels(self.name).set(0)
         self.index.add(entry, pending.vector)

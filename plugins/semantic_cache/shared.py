@@ -71,6 +71,7 @@ class SharedEntries:
                             last = _text(message_id)
                             _deliver(fields, on_entry)
                 except (RedisError, OSError) as exc:
+                    self.link.mark_down(exc)  # requests learn of the outage now, not on their own failure
                     log.warning("semantic cache: following Redis failed (%s); retrying", exc)
                     await asyncio.sleep(retry_after_s)
         finally:

@@ -3,8 +3,7 @@ port, all reading the same policy file) sharing one private Redis.
 
 The processes know nothing of each other: whatever one of them serves from another's work went through Redis
 (exact answers under keys, semantic entries through the Redis stream every replica replays and tails). The last
-test kills Redis under traffic and restarts it, so it runs last: the two module-scoped processes are not reused
-after it.
+tests kill Redis and restart it, so they run last.
 
 Every prompt carries a unique marker, so upstream calls are counted by filtering the fake upstream's log on it.
 """
@@ -187,7 +186,7 @@ class Reply:
     def complete(self) -> bool:
         """A whole answer that finished, or a stream that ended with one finish_reason and [DONE]."""
         if self.completion is not None:
-            return self.completion["choices"][0]["finish_reason"] == "stop"
+            return bool(self.completion["choices"][0]["finish_reason"] == "stop")
         finishes = [c["choices"][0]["finish_reason"] for c in self.chunks if c.get("choices")]
         return self.is_stream and self.events[-1:] == ["[DONE]"] and [f for f in finishes if f] == ["stop"]
 
@@ -391,7 +390,7 @@ def test_redis_killed_mid_traffic_fails_open_then_caching_resumes(
                 expected = {f"echo: {prompt}"}
             try:
                 reply = process.send(model, prompt, stream=stream)
-            except Exception as exc:  # noqa: BLE001 - every failure is collected and reported at once
+            except Exception as exc:  # every failure is collected and reported at once
                 failures.append(f"step {step} on {name} ({kind}): {type(exc).__name__}: {exc}")
                 continue
             if reply.status != 200 or not reply.complete or reply.text not in expected:
@@ -404,7 +403,9 @@ def test_redis_killed_mid_traffic_fails_open_then_caching_resumes(
     assert failures == []
     assert len(outcomes) == 40
     before = [o for o in outcomes if o[0] < kill_at]
-    assert [o for o in before if o[2] in ("exact-repeated", "sem-repeated") and o[3] not in ("hit", "semantic-hit")] == []
+    assert [
+        o for o in before if o[2] in ("exact-repeated", "sem-repeated") and o[3] not in ("hit", "semantic-hit")
+    ] == []
     assert [o for o in before if o[2] in ("exact-new", "sem-new") and o[3] != "miss"] == []
     down = [o for o in outcomes if kill_at <= o[0] < restart_at]
     # Every request that had to ask Redis said so (the semantic lookups of brand-new questions: see the end).
@@ -441,3 +442,22 @@ def test_redis_killed_mid_traffic_fails_open_then_caching_resumes(
     # A brand-new question while Redis is down cannot be cached either (its answer is not stored: publishing it
     # fails), so it must say "bypass" like every other request then, not "miss".
     assert [o for o in down if o[2] == "sem-new" and o[3] != "bypass"] == []
+
+
+def test_redis_restarted_between_requests_is_used_again_after_retry_after_s(
+    pair: tuple[Process, Process], upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    """Redis blinks (killed and restarted while no request is in flight): once it is back and retry_after_s has
+    passed, the very next requests use it again; none of them may pay for the connections the restart broke."""
+    a, b = pair
+    mark = marker()
+    warm = f"before the blink {mark}"
+    assert (a.chat("exact", warm).cache, b.chat("exact", warm).cache) == ("miss", "hit")  # both hold a connection
+    redis_server.restart()
+    time.sleep(RETRY_AFTER_S + 0.1)
+
+    fresh = f"after the blink {mark}"
+    first, second = a.chat("exact", fresh), b.chat("exact", fresh)
+    assert (first.text, second.text) == (f"echo: {fresh}", f"echo: {fresh}")
+    assert (first.cache, second.cache) == ("miss", "hit")
+    assert upstream_calls(upstream, fresh) == 1

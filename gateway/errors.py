@@ -4,15 +4,17 @@
     ├── InvalidRequest        400     bad JSON, bad UTF-8, schema violations, context too long;
     │                                 also an upstream 4xx the client caused (its status kept), 408 slow body
     ├── AuthenticationFailed  401
+    ├── PermissionDenied      403     the key may not use this model
     ├── ModelNotFound         404
     ├── BodyTooLarge          413
-    ├── RateLimited           429     upstream 429 (Retry-After kept)
+    ├── RateLimited           429     upstream 429 (Retry-After kept); a key over its rpm/tpm/budget
     └── UpstreamError         502     upstream 5xx; upstream 401/403/404 (the policy is wrong, not the client)
         ├── UpstreamUnavailable   503  connection refused / DNS failure; upstream 503
         ├── UpstreamTimeout       504  connect, first byte, idle or total timeout
         └── BadUpstreamResponse   502  non-JSON, truncated, reset mid-answer, or otherwise broken
 
 Internal detail (tracebacks, upstream bodies) goes to logs; the client gets a summary.
+`retry_kind` says which `models[].retry_on` entry, if any, lets the router try elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    retry_kind: str | None = None  # "5xx" | "429" | "timeout" | "connection"; None: not worth retrying
 
     def __init__(
         self,
@@ -36,8 +39,11 @@ class GatewayError(Exception):
         code: str | None = None,
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_kind: str | None = None,
     ) -> None:
         super().__init__(message)
+        if retry_kind is not None:
+            self.retry_kind = retry_kind
         self.message = message
         self.param = param
         if code is not None:
@@ -61,6 +67,12 @@ class AuthenticationFailed(GatewayError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -77,22 +89,26 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    retry_kind = "429"
 
 
 class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+    retry_kind = "5xx"
 
 
 class UpstreamUnavailable(UpstreamError):
     status = 503
     code = "backend_unavailable"
+    retry_kind = "connection"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+    retry_kind = "timeout"
 
 
 class BadUpstreamResponse(UpstreamError):

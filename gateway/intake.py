@@ -44,10 +44,10 @@ def identify(runtime: Runtime, headers: Mapping[str, str]) -> Caller:
         return Caller("token-" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16], False)
     if token is None:
         raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key")
-    name = runtime.caller_for(token)
-    if name is None:
+    key = runtime.caller_for(token)
+    if key is None:
         raise AuthenticationFailed("Invalid API key.")
-    return Caller(name, authenticated=True)
+    return Caller(key.name, authenticated=True, key=key)
 
 
 async def read_body(stream: AsyncIterator[bytes], headers: Mapping[str, str], limits: Limits) -> bytes:

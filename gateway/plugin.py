@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.policy import ModelRoute, Target
+from gateway.policy import ApiKey, ModelRoute, Target
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 T = TypeVar("T")
@@ -88,6 +88,7 @@ class Caller:
 
     name: str
     authenticated: bool
+    key: ApiKey | None = None  # the virtual key's policy entry (allowed models, limits)
 
 
 @dataclass(slots=True)

@@ -7,6 +7,8 @@ Strings may use ${VAR} and ${VAR:-default} (interpolated by `gateway.loader` bef
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -57,6 +59,7 @@ class VLLMBackend(_BackendBase):
     base_url: str = Field(description="URL up to and including /v1, e.g. http://127.0.0.1:8000/v1.")
     metrics_url: str | None = Field(None, description="Prometheus endpoint; default: base_url root + /metrics.")
     speculative: bool = Field(False, description="True when the server runs with --speculative-config.")
+    scrape_interval_s: float = Field(1.0, gt=0, description="How often /metrics is scraped (queue, KV cache).")
 
 
 class AnthropicBackend(_BackendBase):
@@ -88,9 +91,45 @@ class Target(StrictModel):
     weight: float = Field(1.0, ge=0, description="Relative share of traffic (weighted random).")
 
 
+class Circuit(StrictModel):
+    failures: int = Field(5, ge=1, description="Consecutive failures that open a target's circuit.")
+    cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit skips the target before a probe.")
+
+
+class SpeculativeLimits(StrictModel):
+    """When a speculative-decoding target counts as lightly loaded (from its scraped metrics)."""
+
+    max_running: float = Field(4, ge=0, description="Most requests running on it.")
+    max_waiting: float = Field(0, ge=0, description="Most requests queued on it.")
+    max_kv_cache: float = Field(0.8, ge=0, le=1, description="Highest KV-cache use (0..1).")
+
+
+class Pricing(StrictModel):
+    input_per_mtok: float = Field(ge=0, description="USD per 1M prompt tokens.")
+    output_per_mtok: float = Field(ge=0, description="USD per 1M completion tokens.")
+
+
+RetryOn = Literal["5xx", "429", "timeout", "connection"]
+Strategy = Literal["weighted", "least_busy", "latency", "speculative_aware"]
+
+
 class ModelRoute(StrictModel):
     name: str = Field(min_length=1, description="The model name clients send.")
     targets: list[Target] = Field(min_length=1)
+    strategy: Strategy = Field("weighted", description="How a target is chosen among `targets`.")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Other models tried in order when every attempt here failed."
+    )
+    retries: int = Field(
+        0, ge=0, le=10, description="Further attempts on this model's targets after a retryable failure."
+    )
+    retry_on: tuple[RetryOn, ...] = Field(
+        ("5xx", "429", "timeout", "connection"), description="Failures that move on to a retry or a fallback."
+    )
+    timeout_s: float | None = Field(None, gt=0, description="Deadline for the whole request, retries included.")
+    circuit: Circuit = Circuit()
+    speculative: SpeculativeLimits = SpeculativeLimits()
+    pricing: Pricing | None = Field(None, description="Price per 1M tokens, for budgets and cost in logs.")
     plugins: list[PluginEntry] = Field(default_factory=list, description="Per-model chain, run after the global one.")
     context_window: int | None = Field(
         None, ge=1, description="Tokens the model accepts; longer prompts get a 400 before forwarding."
@@ -99,15 +138,41 @@ class ModelRoute(StrictModel):
 
 
 class ApiKey(StrictModel):
-    name: str = Field(min_length=1, description="Identity of the caller in logs, metrics and cache keys.")
-    key: SecretStr = Field(description="The bearer token clients send; use ${ENV_VAR}.")
+    """A virtual key: exactly one of key, key_sha256 or key_env says what clients send."""
+
+    name: str = Field(min_length=1, description="Identity of the caller in logs, metrics, limits and cache keys.")
+    key: SecretStr | None = Field(None, description="The bearer token clients send; use ${ENV_VAR}.")
+    key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex of the token, so the policy holds no secret."
+    )
+    key_env: str | None = Field(None, description="Name of an environment variable holding the token.")
+    models: list[str] | None = Field(None, description="Models this key may use (default: all); others get 403.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute sent upstream.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute (prompt + completion) sent upstream.")
+    budget_usd: float | None = Field(None, ge=0, description="Lifetime spend in USD, priced by models[].pricing.")
 
     @field_validator("key")
     @classmethod
-    def _not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
             raise ValueError("an API key must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        given = [k for k in ("key", "key_sha256", "key_env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"key {self.name!r}: give exactly one of key, key_sha256, key_env")
+        if self.key_env is not None and not os.environ.get(self.key_env):
+            raise ValueError(f"key {self.name!r}: environment variable {self.key_env} is not set")
+        return self
+
+    def digest(self) -> str:
+        """sha256 hex of the token (what the gateway keeps and compares)."""
+        if self.key_sha256 is not None:
+            return self.key_sha256.lower()
+        token = self.key.get_secret_value() if self.key is not None else os.environ[self.key_env or ""]
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Auth(StrictModel):
@@ -115,6 +180,17 @@ class Auth(StrictModel):
 
 
 class Limits(StrictModel):
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="Where per-key rpm/tpm/budget counters live; redis: shared by every replica."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used when store is redis.")
+    namespace: str = Field("llmgw", min_length=1, description="Prefix of the Redis keys.")
+    redis_timeout_ms: int = Field(50, ge=1, description="A slower Redis call counts as a failure.")
+    retry_after_s: float = Field(1.0, gt=0, description="After a Redis failure, wait this long before trying it.")
+    fail_open: bool = Field(True, description="Counter store down: serve without limits (true) or answer 503.")
+    default_completion_tokens: int = Field(
+        256, ge=1, description="Completion tokens reserved when a request sets no max_tokens (settled after)."
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413.")
     max_messages: int = Field(4096, ge=1, description="Most messages one chat request may carry.")
     body_read_timeout_s: float = Field(30.0, gt=0, description="Slow clients must send their body in time.")
@@ -149,6 +225,16 @@ class Policy(StrictModel):
                     )
             if sum(t.weight for t in model.targets) <= 0:
                 raise ValueError(f"models[{i}].targets: at least one target needs a weight above 0")
+            models = [m.name for m in self.models]
+            for j, fallback in enumerate(model.fallbacks):
+                if fallback not in models or fallback == model.name:
+                    raise ValueError(
+                        f"models[{i}].fallbacks[{j}]: {fallback!r} is not another model{did_you_mean(fallback, models)}"
+                    )
+        for i, key in enumerate(self.auth.keys):
+            for j, allowed in enumerate(key.models or ()):
+                if allowed not in [m.name for m in self.models]:
+                    raise ValueError(f"auth.keys[{i}].models[{j}]: unknown model {allowed!r}")
         return self
 
     def backend(self, name: str) -> OpenAIBackend | VLLMBackend | AnthropicBackend:

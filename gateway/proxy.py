@@ -19,15 +19,17 @@ from typing import Any
 
 import msgspec
 
-from gateway import intake, metrics, replay, tokens
+from gateway import intake, metrics, quota, replay, tokens
 from gateway.chain import Chain
+from gateway.dispatch import PeekedStream, dispatch
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.plugin import Endpoint, RequestContext, Respond
 from gateway.policy import did_you_mean
 from gateway.relay import StreamRelay
 from gateway.responses import JSONResponse, SSEResponse, error_response, json_response
+from gateway.router import Attempt
 from gateway.runtime import Runtime, RuntimeHolder
-from gateway.upstream.base import UpstreamCall, UpstreamStream
+from gateway.upstream.base import UpstreamStream
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -58,6 +60,7 @@ class Proxy:
                     f"The model {body['model']!r} does not exist{did_you_mean(body['model'], runtime.routes.keys())}.",
                     param="model",
                 )
+            quota.check_model_allowed(caller, route)
             ctx = RequestContext(request_id, endpoint, body, headers, caller, route, bool(body.get("stream")))
             chain = runtime.chains[route.name]
             response = await self._serve(runtime, chain, ctx, out_headers)
@@ -96,6 +99,7 @@ class Proxy:
                 _log(runtime, {"request_id": request_id, "status": status, "error": rejected})
                 return
             ctx.status = status
+            await quota.settle(runtime, ctx)
             metrics.REQUESTS.labels(ctx.route.name, ctx.target.backend if ctx.target else "-", str(status)).inc()
             if chain is not None:
                 await chain.end(ctx)
@@ -111,18 +115,22 @@ class Proxy:
             headers["x-gateway-backend"] = f"plugin:{chain.plugins[upto].name}"
             return await self._answer_early(runtime, chain, ctx, early, upto, headers)
         await _check_context_window(ctx)
-        target = runtime.choosers[ctx.route.name].choose()
-        ctx.target = target
-        headers["x-gateway-backend"] = target.backend
-        transport = runtime.transports[target.backend]
-        body = {**ctx.body, "model": target.model}
+        await quota.reserve(runtime, ctx, headers)
         if ctx.stream and ctx.endpoint != "embeddings":
             # Always ask for usage upstream, so accounting works even when the client did not.
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            stream = await transport.open_stream(UpstreamCall(ctx.endpoint, body, {"x-request-id": ctx.request_id}))
+            options = ctx.body.get("stream_options")
+            ctx.body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            try:
+                attempt, stream, ttft = await dispatch(runtime, ctx, headers, stream=True)
+            finally:
+                ctx.body["stream_options"] = options
+                if options is None:
+                    del ctx.body["stream_options"]
+            assert isinstance(stream, PeekedStream)
             headers.update(ctx.response_headers)
-            return self._stream_response(runtime, chain, ctx, stream, len(chain.plugins), headers)
-        answer = await transport.complete(UpstreamCall(ctx.endpoint, body, {"x-request-id": ctx.request_id}))
+            return self._stream_response(runtime, chain, ctx, stream, len(chain.plugins), headers, (attempt, ttft))
+        attempt, answer, _ = await dispatch(runtime, ctx, headers, stream=False)
+        assert isinstance(answer, dict)
         await _fill_usage(ctx, answer)
         replaced = await chain.response(ctx, answer, len(chain.plugins))
         headers.update(ctx.response_headers)
@@ -161,8 +169,15 @@ class Proxy:
         stream: UpstreamStream,
         upto: int,
         headers: dict[str, str],
+        upstream: tuple[Attempt, float | None] | None = None,
     ) -> SSEResponse:
+        started = time.perf_counter()
+
         async def finish(status: int) -> None:
+            if upstream is not None:
+                attempt, ttft = upstream
+                total = time.perf_counter() - started + (ttft or 0)
+                attempt.record(ok=status < 500, ttft_s=ttft, total_s=total if status < 500 else None)
             await self._finish(runtime, chain, ctx, status, ctx.request_id)
 
         relay = StreamRelay(chain, ctx, stream, upto, finish)
@@ -235,6 +250,8 @@ def _log_access(ctx: RequestContext, runtime: Runtime) -> None:
         "ms": round((time.perf_counter() - ctx.started) * 1000, 2),
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
+        "cost_usd": quota.cost(ctx),
+        "fallback": ctx.route.name != attempt.route.name if (attempt := ctx.get(Attempt)) else None,
         "cache": ctx.response_headers.get("x-gateway-cache"),
         "error": ctx.error,
     }

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from gateway import registry
 from gateway.chain import Chain
+from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.loader import LoadedPolicy, load_file
 from gateway.plugin import Plugin
-from gateway.policy import AnthropicBackend, ModelRoute, PluginEntry
-from gateway.router import WeightedChoice
+from gateway.policy import AnthropicBackend, ApiKey, Limits, ModelRoute, PluginEntry
+from gateway.redis_link import RedisLink
+from gateway.router import Router
 from gateway.upstream.anthropic import AnthropicTransport
 from gateway.upstream.base import Transport
 from gateway.upstream.openai import OpenAITransport
@@ -45,15 +47,15 @@ class Runtime:
         self.plugins: list[Plugin] = list(global_plugins)
         self.routes: dict[str, ModelRoute] = {}
         self.chains: dict[str, Chain] = {}
-        self.choosers: dict[str, WeightedChoice] = {}
+        self.router = Router(self.policy)
+        self.limiter = _limiter(self.policy.limits)
         for route in self.policy.models:
             own = [self._instantiate(e) for e in route.plugins]
             self.plugins += own
             self.routes[route.name] = route
             self.chains[route.name] = Chain(global_plugins + own)
-            self.choosers[route.name] = WeightedChoice(route)
         # Digests, so the keys themselves are not kept in a lookup table or compared by ==.
-        self.keys = {key_digest(k.key.get_secret_value()): k.name for k in self.policy.auth.keys}
+        self.keys: dict[str, ApiKey] = {k.digest(): k for k in self.policy.auth.keys}
         self.in_flight = 0
         self._closing: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
@@ -62,18 +64,20 @@ class Runtime:
     def _instantiate(self, entry: PluginEntry) -> Plugin:
         return registry.get(entry.use)(self.loaded.config_for(entry))
 
-    def caller_for(self, token: str) -> str | None:
+    def caller_for(self, token: str) -> ApiKey | None:
         digest = key_digest(token)
-        for known, name in self.keys.items():
+        found = None
+        for known, key in self.keys.items():  # every entry compared in constant time: no early exit
             if hmac.compare_digest(known, digest):
-                return name
-        return None
+                found = key
+        return found
 
     async def start(self) -> None:
         started: list[Plugin] = []
         try:
             for transport in self.transports.values():
                 await transport.start()
+            await self.router.start()
             for plugin in self.plugins:
                 await plugin.start()
                 started.append(plugin)
@@ -109,8 +113,17 @@ class Runtime:
                 await plugin.close()
             except Exception:
                 log.exception("plugin %s failed to close", plugin.name)
+        await self.router.close()
+        await self.limiter.close()
         for transport in self.transports.values():
             await transport.close()
+
+
+def _limiter(limits: Limits) -> Limiter:
+    if limits.store == "redis":
+        link = RedisLink(limits.redis_url, timeout_s=limits.redis_timeout_ms / 1000, retry_after_s=limits.retry_after_s)
+        return RedisLimiter(link, limits.namespace)
+    return MemoryLimiter()
 
 
 class RuntimeHolder:

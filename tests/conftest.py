@@ -40,9 +40,11 @@ def standard_policy(upstream_url: str) -> str:
         short = fault.startswith("slow-") and not fault.startswith("slow-stream")
         return ("fake-short", "claude-short") if short else ("fake", "claude")
 
+    # The fault models fail on purpose, again and again: their circuits must not open between tests.
+    never_open = "circuit: {failures: 1000000}"
     fault_models = "\n".join(
-        f"  - {{name: {f}, targets: [{{backend: {backends(f)[0]}, model: {f}}}]}}\n"
-        f"  - {{name: claude-{f}, targets: [{{backend: {backends(f)[1]}, model: {f}}}]}}"
+        f"  - {{name: {f}, targets: [{{backend: {backends(f)[0]}, model: {f}}}], {never_open}}}\n"
+        f"  - {{name: claude-{f}, targets: [{{backend: {backends(f)[1]}, model: {f}}}], {never_open}}}"
         for f in FAULTS
     )
     return f"""

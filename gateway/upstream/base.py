@@ -52,6 +52,7 @@ class StreamBroken(GatewayError):
     status = 502
     type = "upstream_error"
     code = "stream_interrupted"
+    retry_kind = "5xx"  # retried only if it happens before the first chunk reached the client
 
 
 class UpstreamStream(Protocol):
@@ -191,5 +192,5 @@ async def raise_for_status(
         param = error.get("param") if isinstance(error, dict) else None
         raise InvalidRequest(detail, status=status, param=param if isinstance(param, str) else None)
     if status == 503:
-        raise UpstreamUnavailable(f"backend {backend!r} is unavailable (HTTP 503): {detail}")
+        raise UpstreamUnavailable(f"backend {backend!r} is unavailable (HTTP 503): {detail}", retry_kind="5xx")
     raise UpstreamError(f"backend {backend!r} failed (HTTP {status}): {detail}")

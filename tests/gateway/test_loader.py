@@ -212,7 +212,10 @@ def test_unknown_key_next_to_a_missing_required_one_reports_both() -> None:
 
 def test_unknown_key_without_a_close_match_has_no_suggestion() -> None:
     problem = one_problem("limits: {zzzzzz: 1}\n")
-    assert problem == "limits.zzzzzz: unknown key; allowed: body_read_timeout_s, max_body_bytes, max_messages"
+    assert problem == (
+        "limits.zzzzzz: unknown key; allowed: body_read_timeout_s, default_completion_tokens, fail_open, "
+        "max_body_bytes, max_messages, namespace, redis_timeout_ms, redis_url, retry_after_s, store"
+    )
 
 
 # ----------------------------------------------------------------------------- references and names

@@ -1,0 +1,112 @@
+"""Sending one request upstream: try targets in the router's order until one answers.
+
+A failure moves on (after a jittered backoff that honours Retry-After) only if its kind is in the
+failing model's `retry_on`; anything else, such as a 400 the client caused, is the answer. A stream
+counts as answered once its first chunk has arrived: before that a broken stream is retried like
+any failure; after it, the break is reported to the client (gateway/relay.py). `timeout_s` on the
+model bounds the whole search, up to the answer or the first chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.plugin import RequestContext
+from gateway.router import Attempt
+from gateway.routing.backoff import backoff_s
+from gateway.runtime import Runtime
+from gateway.upstream.base import UpstreamCall, UpstreamStream
+
+
+class PeekedStream:
+    """An upstream stream whose first chunk has already been read (to know the target answered)."""
+
+    def __init__(self, stream: UpstreamStream, iterator: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None):
+        self._stream = stream
+        self._iterator = iterator
+        self._first = first
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        if self._first is not None:
+            yield self._first
+            async for chunk in self._iterator:
+                yield chunk
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            closer = getattr(self._iterator, "aclose", None)
+            if closer is not None:
+                await closer()
+
+
+async def dispatch(
+    runtime: Runtime, ctx: RequestContext, headers: dict[str, str], *, stream: bool
+) -> tuple[Attempt, dict[str, Any] | PeekedStream, float | None]:
+    """(the attempt that answered, its answer or open stream, time to first chunk in seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.route.timeout_s if ctx.route.timeout_s else None
+    last: GatewayError | None = None
+    for number, attempt in enumerate(runtime.router.attempts(ctx.route)):
+        if number and last is not None:
+            wait = backoff_s(number - 1, retry_after=last.headers.get("retry-after"))
+            if deadline is not None and loop.time() + (0 if math.isinf(wait) else wait) >= deadline:
+                break
+            if not math.isinf(wait):  # inf: this target asked for longer than we wait; try the next now
+                await asyncio.sleep(wait)
+        ctx.target = attempt.target
+        headers["x-gateway-backend"] = attempt.target.backend
+        if attempt.route is not ctx.route:
+            headers["x-gateway-fallback"] = attempt.route.name
+        ctx.put(attempt)
+        body = {**ctx.body, "model": attempt.target.model}
+        call = UpstreamCall(ctx.endpoint, body, {"x-request-id": ctx.request_id})
+        transport = runtime.transports[attempt.target.backend]
+        attempt.health.started()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                if stream:
+                    opened = await transport.open_stream(call)
+                    peeked = await _peek(opened)
+                    return attempt, peeked, time.perf_counter() - started
+                answer = await transport.complete(call)
+        except TimeoutError:
+            attempt.record(ok=False, ttft_s=None, total_s=None)
+            last = UpstreamTimeout(f"model {ctx.route.name!r} found no answer within timeout_s={ctx.route.timeout_s:g}")
+            break
+        except GatewayError as exc:
+            retryable = exc.retry_kind is not None
+            attempt.record(ok=not retryable, ttft_s=None, total_s=None)
+            if not retryable or exc.retry_kind not in attempt.route.retry_on:
+                raise
+            last = exc
+            continue
+        attempt.record(ok=True, ttft_s=None, total_s=time.perf_counter() - started)
+        return attempt, answer, None
+    if last is not None:
+        raise last
+    raise UpstreamUnavailable(f"no target of model {ctx.route.name!r} is available (every circuit is open)")
+
+
+async def _peek(stream: UpstreamStream) -> PeekedStream:
+    iterator = aiter(stream)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        raise
+    return PeekedStream(stream, iterator, first)

@@ -133,3 +133,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.kill()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # As the server does after start-up: long-lived objects out of full GC passes, so a pass does not
+    # stall a test's 50 ms Redis timeout (torch and friends make a full pass take ~100 ms).
+    import gc
+
+    gc.collect()
+    gc.freeze()

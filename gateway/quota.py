@@ -47,7 +47,10 @@ async def reserve(runtime: Runtime, ctx: RequestContext, headers: dict[str, str]
         extra = dict(exc.headers)
         if exc.retry_after_s > 0:
             extra["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
-        raise RateLimited(exc.message, code=exc.code, headers=extra) from None
+        error = RateLimited(exc.message, code=exc.code, headers=extra)
+        if exc.kind == "budget":
+            error.type = "insufficient_quota"  # as OpenAI types it
+        raise error from None
     except LimitStoreUnavailable as exc:
         if settings.fail_open:
             log.warning("request %s: limit store unavailable, serving without limits: %s", ctx.request_id, exc)

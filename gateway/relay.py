@@ -39,6 +39,7 @@ class StreamRelay:
         self._finish = finish
         self._include_usage = wants_usage(ctx.body)
         self._closed = False
+        self._generated: list[str] = []  # text sent so far, to count usage the upstream never reported
         self.status = 200
 
     def disconnected(self) -> None:
@@ -52,13 +53,21 @@ class StreamRelay:
         self._closed = True
         try:
             await self._stream.aclose()
+            if self._ctx.usage is None and self._ctx.target is not None:
+                # Cut short (client gone, upstream broke): what was generated still counts against limits.
+                await self._count_usage()
         finally:
             await self._finish(self.status)
+
+    async def _count_usage(self) -> None:
+        ctx = self._ctx
+        prompt = await tokens.count_prompt(ctx.endpoint, ctx.body)
+        ctx.usage = tokens.usage(prompt, await tokens.count_async("".join(self._generated)))
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         ctx, chain, upto = self._ctx, self._chain, self._upto
         usage_chunk: dict[str, Any] | None = None
-        generated: list[str] = []
+        generated = self._generated
         try:
             async for chunk in self._stream:
                 if chunk.get("usage"):
@@ -81,8 +90,7 @@ class StreamRelay:
                 for item in out:
                     yield encode_data(item)
             if ctx.usage is None:  # before the end phase, so plugins there (a cache) see the usage
-                prompt = await tokens.count_prompt(ctx.endpoint, ctx.body)
-                ctx.usage = tokens.usage(prompt, await tokens.count_async("".join(generated)))
+                await self._count_usage()
             tail = await chain.stream_end(ctx, upto)
             if isinstance(tail, Respond):
                 yield self._respond(tail)

@@ -4,10 +4,11 @@
 
 For each scenario, starts its fake vLLM servers (`bench/fake_vllm.py`), then for each strategy one
 gateway (`gateway serve`, vLLM backends scraped every 0.2 s) in front of them, and drives an
-open-loop ramp through it: Poisson arrivals at 1, 2, 4, 8 and 16 requests/s, S seconds each, one
-after the other without a pause. Every strategy sees the same arrival times (seeded). Latency is
-measured from each request's scheduled send time to its whole answer, so a slow gateway cannot hide
-queueing by sending late. Which server answered comes from the `x-gateway-backend` header.
+open-loop ramp through it: Poisson arrivals at 1, 2, 4, 8 and 16 requests/s (exactly rate x S of
+them per step), S seconds each, one after the other without a pause. Every strategy sees the same
+arrival times (seeded). Latency is measured from each request's scheduled send time to its whole
+answer, so a slow gateway cannot hide queueing by sending late. Which server answered comes from
+the `x-gateway-backend` header.
 
 Scenarios:
 - speculative + plain: two vLLM servers of the same size, one with speculative decoding (2.5x
@@ -99,6 +100,7 @@ class Step:
     sent: int = 0
     latencies_s: list[float] = field(default_factory=list)
     backends: dict[str, int] = field(default_factory=dict)
+    routed: list[tuple[float, str]] = field(default_factory=list)  # (scheduled send time, backend)
     errors: int = 0
     first_error: str | None = None
 
@@ -122,13 +124,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def arrivals(rate: float, seconds: float, rng: random.Random) -> list[float]:
-    """Poisson arrival offsets in [0, seconds) at `rate` per second."""
-    out: list[float] = []
-    at = rng.expovariate(rate)
-    while at < seconds:
-        out.append(at)
-        at += rng.expovariate(rate)
-    return out
+    """round(rate * seconds) arrival offsets in [0, seconds), independent and uniform: a Poisson process
+    conditioned on its count, so each step carries the load its label says (an unconditioned draw of
+    a 6-second step is often 20 % off)."""
+    return sorted(rng.uniform(0, seconds) for _ in range(round(rate * seconds)))
 
 
 def schedule(seconds_per_step: float) -> list[list[float]]:
@@ -163,6 +162,7 @@ async def drive(url: str, plan: list[list[float]]) -> list[Step]:
                 return
             step.latencies_s.append(loop.time() - at)
             step.backends[backend] = step.backends.get(backend, 0) + 1
+            step.routed.append((at, backend))
 
         tasks: list[asyncio.Task[None]] = []
         start = loop.time() + 0.2
@@ -381,10 +381,10 @@ request on average ({fake_vllm.NUM_SPEC_TOKENS} drafts, acceptance {fake_vllm.AC
 {fake_vllm.REFERENCE_BATCH} running (vLLM: up to 2.8x faster at QPS 1, 1.4-1.8x slower at high QPS).
 Every request asks for {MAX_TOKENS} tokens. One gateway per strategy, backends scraped every
 {SCRAPE_INTERVAL_S:g} s. Open-loop Poisson arrivals, {seconds_per_step:g} s per step
-(requests per step: {", ".join(map(str, sent))}), the same arrival times for every strategy; latency runs from
-each request's scheduled send time to its whole answer. The round-robin baseline is `weighted` with equal
-weights, which picks at random (50/50 on average, not strictly alternating). Small steps hold few requests:
-their p95 is close to their maximum.
+(requests per step: {", ".join(map(str, sent))}, at uniform random times), the same arrival times for
+every strategy; latency runs from each request's scheduled send time to its whole answer. The
+round-robin baseline is `weighted` with equal weights, which picks at random (50/50 on average, not
+strictly alternating). Small steps hold few requests: their p95 is close to their maximum.
 
 {chr(10).join(parts)}
 """

@@ -21,7 +21,7 @@ from gateway.plugin import RequestContext
 from gateway.router import Attempt
 from gateway.routing.backoff import backoff_s
 from gateway.runtime import Runtime
-from gateway.upstream.base import UpstreamCall, UpstreamStream
+from gateway.upstream.base import StreamBroken, UpstreamCall, UpstreamStream
 
 
 class PeekedStream:
@@ -57,8 +57,9 @@ async def dispatch(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.route.timeout_s if ctx.route.timeout_s else None
     last: GatewayError | None = None
+    last_key: str | None = None
     for number, attempt in enumerate(runtime.router.attempts(ctx.route)):
-        if number and last is not None:
+        if last is not None and attempt.key == last_key:  # the same target again: back off first
             wait = backoff_s(number - 1, retry_after=last.headers.get("retry-after"))
             if deadline is not None and loop.time() + (0 if math.isinf(wait) else wait) >= deadline:
                 break
@@ -90,7 +91,7 @@ async def dispatch(
             attempt.record(ok=not retryable, ttft_s=None, total_s=None)
             if not retryable or exc.retry_kind not in attempt.route.retry_on:
                 raise
-            last = exc
+            last, last_key = exc, attempt.key
             continue
         attempt.record(ok=True, ttft_s=None, total_s=time.perf_counter() - started)
         return attempt, answer, None
@@ -105,8 +106,10 @@ async def _peek(stream: UpstreamStream) -> PeekedStream:
         first = await anext(iterator)
     except StopAsyncIteration:
         first = None
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             await stream.aclose()
+        if isinstance(exc, StreamBroken) and exc.cause is not None:
+            raise exc.cause from None  # nothing reached the client: report it as what it was (e.g. a 504)
         raise
     return PeekedStream(stream, iterator, first)

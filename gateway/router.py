@@ -94,6 +94,8 @@ class Router:
             else:
                 return  # every circuit refused: on to the fallbacks
             tries += 1
+            if candidate.health.breaker.state == "half_open":
+                CIRCUIT.labels(candidate.key).set(circuit_gauge_value("half_open"))  # this call is the probe
             yield Attempt(route, pool[candidate.key][1], candidate.health, candidate.key)
 
 

@@ -143,7 +143,7 @@ class AnthropicStream:
         except StreamBroken:
             raise
         except Exception as exc:
-            raise StreamBroken(getattr(exc, "message", None) or str(exc)) from None
+            raise StreamBroken.wrapping(exc) from None
         if not self._translator.finished:
             raise StreamBroken(f"backend {backend!r} ended the stream before it finished")
 

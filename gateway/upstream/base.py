@@ -53,6 +53,15 @@ class StreamBroken(GatewayError):
     type = "upstream_error"
     code = "stream_interrupted"
     retry_kind = "5xx"  # retried only if it happens before the first chunk reached the client
+    cause: GatewayError | None = None  # the failure as it would be reported before any byte was sent
+
+    @classmethod
+    def wrapping(cls, exc: Exception) -> StreamBroken:
+        broken = cls(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+        if isinstance(exc, GatewayError):
+            broken.cause = exc
+            broken.retry_kind = exc.retry_kind or "5xx"
+        return broken
 
 
 class UpstreamStream(Protocol):

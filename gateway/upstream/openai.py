@@ -106,8 +106,7 @@ class OpenAIStream:
         except StreamBroken:
             raise
         except Exception as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            raise StreamBroken(message) from None
+            raise StreamBroken.wrapping(exc) from None
         raise StreamBroken(f"backend {self._backend!r} ended the stream before it finished")
 
     async def aclose(self) -> None:

@@ -606,7 +606,7 @@ def test_idle_upstream_before_the_first_chunk_is_an_http_error(
         # slow-stream-3000: headers at once, then 3 s before each event; the gateway gives up after 0.2 s.
         # Nothing reached the client yet, so it is a plain error status (a fallback could have served it).
         resp = chat(c, "slow-stream-3000", stream=True)
-        error = assert_error(resp, 502, code="stream_interrupted", type_="upstream_error")
+        error = assert_error(resp, 504, code="upstream_timeout", type_="upstream_error")
         assert "'fake'" in error["message"]
         assert upstream.wait_for(lambda: upstream.cancelled_streams > before, timeout=5)
         assert_still_serving(c)

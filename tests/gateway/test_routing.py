@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -584,6 +585,40 @@ def test_circuit_closes_after_a_successful_probe(make_gateway: MakeGateway, upst
                 time.sleep(0.05)
             assert gateway_metric(gw, "gateway_circuit_state", target=key) == 0.0
             assert {backend_of(client, "recovering") for _ in range(5)} == {down}
+
+
+def test_circuit_gauge_shows_half_open_while_the_probe_runs(make_gateway: MakeGateway, upstream: FakeUpstream) -> None:
+    """docs/routing.md and the gauge's help: gateway_circuit_state is 0 closed, 1 half-open, 2 open.
+    While the single half-open probe is in flight the target is half-open, so the gauge must read 1."""
+    port = closed_port()
+    down, spare = uid("probed"), uid("spare")
+    cooldown = 0.3
+    gw = make_gateway(
+        "backends:\n"
+        + openai_backend(down, f"http://127.0.0.1:{port}")
+        + openai_backend(spare, upstream.url)
+        + f"""models:
+  - name: probing
+    retries: 1
+    circuit: {{failures: 2, cooldown_s: {cooldown}}}
+    targets: [{{backend: {down}, model: slow-1000, weight: 1}}, {{backend: {spare}, model: echo-model, weight: 0}}]
+"""
+    )
+    key = f"{down}/slow-1000"
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for _ in range(2):
+            assert backend_of(client, "probing") == spare
+        opened = time.monotonic()
+        assert gateway_metric(gw, "gateway_circuit_state", target=key) == 2.0
+        with FakeUpstream(port=port) as revived:
+            time.sleep(max(0.0, opened + cooldown + 0.05 - time.monotonic()))  # let the cooldown pass
+            with ThreadPoolExecutor(1) as pool:
+                probe = pool.submit(backend_of, client, "probing")
+                assert revived.wait_for(lambda: chat_calls(revived) == 1, timeout=5), "no probe was sent"
+                half_open = gateway_metric(gw, "gateway_circuit_state", target=key)
+                assert probe.result(timeout=10) == down
+        assert half_open == 1.0, f"gateway_circuit_state was {half_open} during the half-open probe"
+        assert gateway_metric(gw, "gateway_circuit_state", target=key) == 0.0
 
 
 # --- streams --------------------------------------------------------------------------------------------

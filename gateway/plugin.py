@@ -15,6 +15,7 @@ lives in the `RequestContext` (`ctx.state`), never on `self`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,10 @@ class RequestContext:
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
     state: dict[type[Any], Any] = field(default_factory=dict)
+    # Checks a plugin started in on_request that run alongside the upstream call (an LLM judge):
+    # each resolves to None (pass) or a Respond; the first Respond cancels the upstream call and
+    # is the answer. No answer is released before every veto has passed.
+    vetoes: list[asyncio.Future[Respond | None]] = field(default_factory=list)
 
     def get(self, kind: type[T]) -> T | None:
         """Typed per-request data shared between plugins, keyed by its class."""

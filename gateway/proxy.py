@@ -30,6 +30,7 @@ from gateway.responses import JSONResponse, SSEResponse, error_response, json_re
 from gateway.router import Attempt
 from gateway.runtime import Runtime, RuntimeHolder
 from gateway.upstream.base import UpstreamStream
+from gateway.vetoes import with_vetoes
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -121,15 +122,21 @@ class Proxy:
             options = ctx.body.get("stream_options")
             ctx.body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             try:
-                attempt, stream, ttft = await dispatch(runtime, ctx, headers, stream=True)
+                outcome = await with_vetoes(ctx, dispatch(runtime, ctx, headers, stream=True))
             finally:
                 ctx.body["stream_options"] = options
                 if options is None:
                     del ctx.body["stream_options"]
+            if isinstance(outcome, Respond):
+                return json_response(outcome.status, outcome.body, {**headers, **ctx.response_headers})
+            attempt, stream, ttft = outcome
             assert isinstance(stream, PeekedStream)
             headers.update(ctx.response_headers)
             return self._stream_response(runtime, chain, ctx, stream, len(chain.plugins), headers, (attempt, ttft))
-        attempt, answer, _ = await dispatch(runtime, ctx, headers, stream=False)
+        outcome = await with_vetoes(ctx, dispatch(runtime, ctx, headers, stream=False))
+        if isinstance(outcome, Respond):
+            return json_response(outcome.status, outcome.body, {**headers, **ctx.response_headers})
+        attempt, answer, _ = outcome
         assert isinstance(answer, dict)
         await _fill_usage(ctx, answer)
         replaced = await chain.response(ctx, answer, len(chain.plugins))

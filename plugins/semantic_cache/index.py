@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from plugins.semantic_cache.embedder import Vector
+from gateway.embeddings import Vector
 
 
 @dataclass(slots=True)

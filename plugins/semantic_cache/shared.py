@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.redis_link import RedisLink
-from plugins.semantic_cache.embedder import Vector
+from gateway.embeddings import Vector
 from plugins.semantic_cache.index import Entry
 
 log = logging.getLogger("gateway.semantic_cache")

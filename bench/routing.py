@@ -371,22 +371,26 @@ def report(results: dict[str, dict[str, list[Step]]], seconds_per_step: float, s
             + "\n".join(detail)
         )
     m = fake_vllm.mean_tokens_per_step()
+    f = fake_vllm
+    steps = ", ".join(f"{n} at {r:g}/s" for n, r in zip(sent, RATES, strict=True))
     return f"""## Routing under a load ramp (`python -m bench.routing`)
 
-Fake vLLM servers (`bench/fake_vllm.py`): continuous batching with a FIFO queue beyond the batch
-slots; a step takes BASE x (1 + {fake_vllm.K_PLAIN:g} n) with n running (one token each), or with
-speculative decoding BASE x ({fake_vllm.SPEC_FIXED:.2f} + {fake_vllm.K_SPEC:.2f} n) for {m:.2f} tokens per
-request on average ({fake_vllm.NUM_SPEC_TOKENS} drafts, acceptance {fake_vllm.ACCEPT_PROB:g} each): per token
-{fake_vllm.SPEEDUP_AT_1:g}x faster than plain with 1 running, {fake_vllm.SLOWDOWN_WHEN_FULL:g}x slower with
-{fake_vllm.REFERENCE_BATCH} running (vLLM: up to 2.8x faster at QPS 1, 1.4-1.8x slower at high QPS).
-Every request asks for {MAX_TOKENS} tokens. One gateway per strategy, backends scraped every
-{SCRAPE_INTERVAL_S:g} s. Open-loop Poisson arrivals, {seconds_per_step:g} s per step
-(requests per step: {", ".join(map(str, sent))}, at uniform random times), the same arrival times for
-every strategy; latency runs from each request's scheduled send time to its whole answer. The
-round-robin baseline is `weighted` with equal weights, which picks at random (50/50 on average, not
-strictly alternating). Small steps hold few requests: their p95 is close to their maximum.
+- Servers: fake vLLM (`bench/fake_vllm.py`), continuous batching with a FIFO queue beyond the
+  batch slots. With n requests running a step takes BASE x (1 + {f.K_PLAIN:g} n) for one token each, or
+  with speculative decoding BASE x ({f.SPEC_FIXED:.2f} + {f.K_SPEC:.2f} n) for {m:.2f} tokens each on average
+  ({f.NUM_SPEC_TOKENS} drafts, each accepted with p = {f.ACCEPT_PROB:g}). Per token the speculative server is
+  {f.SPEEDUP_AT_1:g}x faster with 1 running and {f.SLOWDOWN_WHEN_FULL:g}x slower with {f.REFERENCE_BATCH} running
+  (vLLM measured up to 2.8x faster at QPS 1 and 1.4-1.8x slower at high QPS).
+- Load: every request asks for {MAX_TOKENS} tokens; open-loop Poisson arrivals, {seconds_per_step:g} s per step without
+  a pause, the same arrival times for every strategy. Latency runs from each request's scheduled
+  send time to its whole answer. Requests per step: {steps}.
+- Gateway: one `gateway serve` per strategy, vLLM backends scraped every {SCRAPE_INTERVAL_S:g} s. The round-robin
+  baseline is `weighted` with equal weights, which picks at random (50/50 on average, not strictly
+  alternating).
+- Small steps hold few requests, so their p95 is close to their maximum, and one run is one sample:
+  differences of 10 % or less are within run-to-run noise.
 
-{chr(10).join(parts)}
+{(chr(10) * 2).join(parts)}
 """
 
 

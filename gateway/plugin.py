@@ -131,6 +131,7 @@ class Plugin:
 
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
+        self.services: Any = None  # gateway.services.Services, set by the runtime before start()
 
     async def start(self) -> None:
         """Open connections, load models. Called once before the policy serves traffic."""

@@ -22,6 +22,7 @@ from gateway.plugin import Plugin
 from gateway.policy import AnthropicBackend, ApiKey, Limits, ModelRoute, PluginEntry
 from gateway.redis_link import RedisLink
 from gateway.router import Router
+from gateway.services import Services
 from gateway.upstream.anthropic import AnthropicTransport
 from gateway.upstream.base import Transport
 from gateway.upstream.openai import OpenAITransport
@@ -62,7 +63,9 @@ class Runtime:
         self._idle.set()
 
     def _instantiate(self, entry: PluginEntry) -> Plugin:
-        return registry.get(entry.use)(self.loaded.config_for(entry))
+        plugin = registry.get(entry.use)(self.loaded.config_for(entry))
+        plugin.services = Services(self)
+        return plugin
 
     def caller_for(self, token: str) -> ApiKey | None:
         digest = key_digest(token)

@@ -158,7 +158,12 @@ def main() -> int:
         for proc in procs:
             proc.wait(timeout=15)
     precision = semantic_table()
-    Path(args.output).write_text(report(results, clients, args.seconds, precision))
+    from bench import routing
+
+    ramp = routing.run(float(os.environ.get("BENCH_RAMP_SECONDS", "6")))
+    Path(args.output).write_text(
+        report(results, clients, args.seconds, precision) + "\n## Routing under a load ramp\n\n" + ramp
+    )
     print(f"wrote {args.output}")
     return 0
 

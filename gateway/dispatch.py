@@ -86,6 +86,9 @@ async def dispatch(
             attempt.record(ok=False, ttft_s=None, total_s=None)
             last = UpstreamTimeout(f"model {ctx.route.name!r} found no answer within timeout_s={ctx.route.timeout_s:g}")
             break
+        except asyncio.CancelledError:
+            attempt.health.abandoned()  # the client went away: no verdict on the target
+            raise
         except GatewayError as exc:
             retryable = exc.retry_kind is not None
             attempt.record(ok=not retryable, ttft_s=None, total_s=None)

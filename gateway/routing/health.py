@@ -12,7 +12,9 @@ errors and 5xx say something about the target, a client's 400 does not.
 
 from __future__ import annotations
 
+import bisect
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -103,7 +105,7 @@ class CircuitBreaker:
 class TargetHealth:
     """Passive health of one target: breaker, in-flight count, EWMA of time to first token and total latency."""
 
-    __slots__ = ("alpha", "breaker", "ewma_total_s", "ewma_ttft_s", "failures", "in_flight", "successes")
+    __slots__ = ("_starts", "alpha", "breaker", "ewma_total_s", "ewma_ttft_s", "failures", "in_flight", "successes")
 
     def __init__(self, breaker: CircuitBreaker, alpha: float = 0.3) -> None:
         if not 0 < alpha <= 1:
@@ -115,13 +117,29 @@ class TargetHealth:
         self.ewma_total_s: float | None = None
         self.successes = 0
         self.failures = 0
+        # Start times of the calls in flight, oldest first (calls are assumed to end in about the
+        # order they started: close enough for "sent since the last scrape and still running").
+        self._starts: deque[float] = deque()
 
     def started(self) -> None:
         self.in_flight += 1
+        self._starts.append(time.monotonic())
+
+    def started_since(self, moment: float) -> int:
+        """Calls in flight that started after `moment` (time.monotonic): not yet in a scrape taken then."""
+        return len(self._starts) - bisect.bisect_right(self._starts, moment)
+
+    def abandoned(self) -> None:
+        """A call that ended without an outcome (cancelled): it no longer counts as in flight."""
+        self.in_flight = max(0, self.in_flight - 1)
+        if self._starts:
+            self._starts.popleft()
 
     def finished(self, *, ok: bool, ttft_s: float | None, total_s: float | None) -> None:
         """Record the end of a call. Latencies are averaged only for successes: a fast failure is not speed."""
         self.in_flight = max(0, self.in_flight - 1)
+        if self._starts:
+            self._starts.popleft()
         if not ok:
             self.failures += 1
             self.breaker.record_failure()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gateway.routing.health import CIRCUIT_STATE, CircuitBreaker, TargetHealth, circuit_gauge_value
@@ -226,3 +228,16 @@ def test_rejects_bad_alpha(clock: FakeClock) -> None:
     for alpha in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError):
             TargetHealth(CircuitBreaker(clock=clock), alpha=alpha)
+
+
+def test_started_since_counts_calls_in_flight_that_a_scrape_could_not_see() -> None:
+    health = TargetHealth(CircuitBreaker())
+    health.started()
+    scraped_at = time.monotonic()
+    health.started()
+    health.started()
+    assert health.started_since(scraped_at) == 2  # the first call was running when the scrape was taken
+    health.finished(ok=True, ttft_s=None, total_s=0.1)
+    health.abandoned()
+    assert health.in_flight == 1
+    assert health.started_since(scraped_at) == 1

@@ -191,8 +191,19 @@ def test_speculative_first_while_lightly_loaded_even_if_busier() -> None:
     [vllm(running=5), vllm(running=1, waiting=1), vllm(running=1, kv_cache=0.81)],
     ids=["running", "waiting", "kv_cache"],
 )
-def test_loaded_speculative_goes_after_plain_even_if_plain_is_busier(loaded: VLLMStats) -> None:
-    assert spec_and_plain(spec=loaded, plain=vllm(running=30, waiting=10, kv_cache=1.0)) == ["plain", "spec"]
+def test_loaded_speculative_goes_after_an_equally_busy_plain(loaded: VLLMStats) -> None:
+    assert spec_and_plain(spec=loaded, plain=loaded) == ["plain", "spec"]
+
+
+@pytest.mark.parametrize(
+    "loaded",
+    [vllm(running=5), vllm(running=1, waiting=1), vllm(running=1, kv_cache=0.81)],
+    ids=["running", "waiting", "kv_cache"],
+)
+def test_loaded_speculative_is_not_starved_behind_a_deep_plain_queue(loaded: VLLMStats) -> None:
+    # Past light load everyone is compared by load (speculative counted 1.5x): a plain server with a
+    # deep queue is worse than a speculative one just over its limits.
+    assert spec_and_plain(spec=loaded, plain=vllm(running=30, waiting=10, kv_cache=1.0)) == ["spec", "plain"]
 
 
 def test_speculative_aware_switches_as_load_rises() -> None:
@@ -210,14 +221,12 @@ def test_speculative_aware_groups_are_each_ordered_by_load() -> None:
         cand("plain-a", in_flight=1),
         cand("spec-light-a", speculative=True, in_flight=0),
     ]
-    assert keys(order("speculative_aware", candidates, random.Random(0))) == [
-        "spec-light-a",
-        "spec-light-b",
-        "plain-a",
-        "plain-b",
-        "spec-loaded-a",
-        "spec-loaded-b",
-    ]
+    # Light speculative ones by load; then the rest by load, a speculative one's counted 1.5x:
+    # plain-a 1, plain-b 6, spec-loaded-a 4 * 1.5 = 6 (tie broken by the weighted shuffle), spec-loaded-b 13.5.
+    ordered = keys(order("speculative_aware", candidates, random.Random(0)))
+    assert ordered[:3] == ["spec-light-a", "spec-light-b", "plain-a"]
+    assert set(ordered[3:5]) == {"plain-b", "spec-loaded-a"}
+    assert ordered[5] == "spec-loaded-b"
 
 
 def test_without_stats_in_flight_is_the_proxy() -> None:
@@ -225,7 +234,10 @@ def test_without_stats_in_flight_is_the_proxy() -> None:
     assert lightly_loaded(cand("s", speculative=True, in_flight=2), limits)
     assert not lightly_loaded(cand("s", speculative=True, in_flight=3), limits)
     candidates = [cand("plain", in_flight=5), cand("spec", speculative=True, in_flight=3)]
-    assert keys(order("speculative_aware", candidates, random.Random(0), limits)) == ["plain", "spec"]
+    # spec over its limit: compared by load, 3 * 1.5 = 4.5 < 5, so it still goes first.
+    assert keys(order("speculative_aware", candidates, random.Random(0), limits)) == ["spec", "plain"]
+    busier = [cand("plain", in_flight=4), cand("spec", speculative=True, in_flight=3)]
+    assert keys(order("speculative_aware", busier, random.Random(0), limits)) == ["plain", "spec"]
     assert keys(order("speculative_aware", candidates, random.Random(0))) == ["spec", "plain"]
 
 

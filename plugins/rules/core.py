@@ -1,0 +1,228 @@
+"""The rules plugin's pure core: compiling rules, `scan` for matches, `apply` to redact them.
+
+Catastrophic patterns: rules are compiled with the `regex` module (already installed as tiktoken's
+dependency) because its matcher takes a `timeout`. One scan of one text gets `timeout_s` for all its
+patterns together; past it, `scan` raises TimeoutError and the plugin applies the guard's `on_error`.
+A static "nested quantifier" check was rejected: it refuses useful patterns and still misses
+exponential ones such as `(a|aa)+$`; a size cap alone only makes the stall shorter.
+
+Keywords match as whole words, case-insensitively unless the rule says otherwise, with any run of
+whitespace between the words of a phrase. At an edge written in a script without spaces between
+words and particles (Hangul, Han, kana, Thai) there is no word boundary: "폭탄" matches in "폭탄을".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, cast
+
+import regex  # type: ignore[import-untyped]  # no type information shipped; wrapped in _Pattern below
+
+from gateway.guarding import Stage
+
+Action = Literal["block", "redact", "flag"]
+AllowScope = Literal["match", "text"]
+_SEVERITY: dict[Action, int] = {"flag": 0, "redact": 1, "block": 2}
+_UNSPACED = r"\p{Hangul}\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}"
+_UNSPACED_CHAR = regex.compile(f"[{_UNSPACED}]")
+_WORD_CHAR = regex.compile(r"\w")
+# Not next to a letter or digit of a spaced script; next to Hangul still counts as a boundary, so
+# "bomb" is found in "bomb을".
+_BEFORE = rf"(?<![^\W{_UNSPACED}])"
+_AFTER = rf"(?![^\W{_UNSPACED}])"
+
+
+class _RegexMatch(Protocol):
+    partial: bool
+
+    def span(self) -> tuple[int, int]: ...
+
+
+class _Pattern(Protocol):
+    def finditer(
+        self,
+        string: str,
+        pos: int = ...,
+        *,
+        partial: bool = ...,
+        timeout: float | None = ...,
+        concurrent: bool | None = ...,
+    ) -> Iterator[_RegexMatch]: ...
+
+
+class RuleSyntaxError(ValueError):
+    """A pattern or keyword list that cannot be compiled; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """A compiled pattern (or keyword list) and the stages it checks."""
+
+    pattern: _Pattern
+    stages: frozenset[Stage]
+    longest_keyword: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    action: Action
+    replacement: str
+    matcher: Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Everything `scan` needs, built once when the policy is loaded."""
+
+    deny: tuple[CompiledRule, ...]
+    allow: tuple[Matcher, ...] = ()
+    allow_scope: AllowScope = "match"
+    timeout_s: float = 0.25
+
+    @property
+    def longest_keyword(self) -> int:
+        return max((r.matcher.longest_keyword for r in self.deny), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    rule: str
+    action: Action
+    start: int
+    end: int
+    replacement: str
+
+
+def compile_pattern(source: str, case_sensitive: bool) -> _Pattern:
+    flags = regex.VERSION0 | (0 if case_sensitive else regex.IGNORECASE)
+    try:
+        pattern = cast(_Pattern, regex.compile(source, flags))
+    except regex.error as exc:
+        raise RuleSyntaxError(f"invalid regular expression {source!r}: {exc}") from None
+    if regex.fullmatch(pattern, ""):
+        raise RuleSyntaxError(f"regular expression {source!r} matches the empty text")
+    return pattern
+
+
+def keyword_regex(keyword: str) -> str:
+    """The regex source of one keyword or phrase (see the module docstring)."""
+    words = keyword.split()
+    if not words:
+        raise RuleSyntaxError("a keyword must not be empty")
+    body = r"\s+".join(regex.escape(w) for w in words)
+    first, last = words[0][0], words[-1][-1]
+    before = _BEFORE if _WORD_CHAR.match(first) and not _UNSPACED_CHAR.match(first) else ""
+    after = _AFTER if _WORD_CHAR.match(last) and not _UNSPACED_CHAR.match(last) else ""
+    return before + body + after
+
+
+def compile_keywords(keywords: Sequence[str], case_sensitive: bool) -> tuple[_Pattern, int]:
+    """One alternation for all keywords (longest first), and the longest keyword's length."""
+    if not keywords:
+        raise RuleSyntaxError("keywords must not be empty")
+    ordered = sorted(keywords, key=len, reverse=True)
+    source = "|".join(f"(?:{keyword_regex(k)})" for k in ordered)
+    return compile_pattern(source, case_sensitive), len(ordered[0])
+
+
+def scan(text: str, rules: RuleSet, stage: Stage, *, start: int = 0, concurrent: bool = False) -> list[Match]:
+    """Deny-rule matches in `text` for `stage` not exempted by the allow-list, in text order.
+
+    Only matches at or after `start` are reported; the text before it is context (already dealt
+    with): lookbehinds see it, and an allow-list match may begin in it. A deny match is exempt when
+    it lies inside an allow-list match (`allow_scope: match`) or when the text has any allow-list
+    match at all (`allow_scope: text`). Raises TimeoutError past the rule set's time budget.
+    """
+    deadline = time.monotonic() + rules.timeout_s
+    allowed = [
+        span for m in rules.allow if stage in m.stages for span in _spans(m.pattern, text, 0, deadline, concurrent)
+    ]
+    if allowed and rules.allow_scope == "text":
+        return []
+    found: list[Match] = []
+    for rule in rules.deny:
+        if stage not in rule.matcher.stages:
+            continue
+        for s, e in _spans(rule.matcher.pattern, text, start, deadline, concurrent):
+            if not any(a <= s and e <= b for a, b in allowed):
+                found.append(Match(rule.name, rule.action, s, e, rule.replacement))
+    found.sort(key=lambda m: (m.start, -m.end))
+    return found
+
+
+def _spans(pattern: _Pattern, text: str, start: int, deadline: float, concurrent: bool) -> Iterator[tuple[int, int]]:
+    for match in pattern.finditer(text, start, timeout=_left(deadline), concurrent=concurrent or None):
+        s, e = match.span()
+        if e > s:  # an empty match has nothing to block or redact
+            yield s, e
+
+
+def growing(text: str, rules: RuleSet, stage: Stage, *, start: int = 0, concurrent: bool = False) -> int | None:
+    """Where a deny or allow-list match that more text could complete begins (None: nowhere).
+
+    For streams: `text` ends where the upstream has got to, so a phrase or pattern may be cut off
+    ("ignore previous instruc"); nothing from this point on may be released yet.
+    """
+    deadline = time.monotonic() + rules.timeout_s
+    matchers = [r.matcher for r in rules.deny] + list(rules.allow)
+    earliest: int | None = None
+    for matcher in matchers:
+        if stage not in matcher.stages:
+            continue
+        found = matcher.pattern.finditer(
+            text, start, partial=True, timeout=_left(deadline), concurrent=concurrent or None
+        )
+        for match in found:
+            s, e = match.span()
+            if match.partial and e > s and (earliest is None or s < earliest):
+                earliest = s
+    return earliest
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("rules: scan time budget spent")
+    return left
+
+
+def apply(text: str, matches: Iterable[Match]) -> str:
+    """`text` with every redact match replaced; overlapping ones become one replacement (the first's)."""
+    spans = sorted((m for m in matches if m.action == "redact"), key=lambda m: (m.start, -m.end))
+    out: list[str] = []
+    done = 0
+    for m in spans:
+        if m.end <= done:
+            continue  # inside the span already replaced
+        if m.start < done:
+            done = m.end  # overlaps the previous one: extend it, keep its replacement
+            continue
+        out += [text[done : m.start], m.replacement]
+        done = m.end
+    out.append(text[done:])
+    return "".join(out)
+
+
+def worst(matches: Iterable[Match]) -> Action | None:
+    """The most serious action among the matches: block, then redact, then flag."""
+    return max((m.action for m in matches), key=_SEVERITY.__getitem__, default=None)
+
+
+def fired(matches: Iterable[Match]) -> dict[tuple[str, Action], int]:
+    """How often each (rule, action) matched, in first-match order: one verdict each."""
+    counts: dict[tuple[str, Action], int] = {}
+    for m in matches:
+        counts[(m.rule, m.action)] = counts.get((m.rule, m.action), 0) + 1
+    return counts
+
+
+def settled_cut(matches: Iterable[Match], cut: int) -> int:
+    """Move a stream's release point back before any match that crosses it: no match is split."""
+    spans = sorted(((m.start, m.end) for m in matches), reverse=True)
+    for s, e in spans:  # from the right, so a cut moved left meets every match it now crosses
+        if s < cut < e:
+            cut = s
+    return cut

@@ -1,0 +1,275 @@
+"""rules: the pure core (`scan`, `apply`) and the options, checked without a gateway."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway import registry
+from gateway.guarding import Stage
+from gateway.loader import PolicyError, load_text
+from plugins.rules import PLUGIN, Match, Rules, RulesConfig, apply, scan
+from plugins.rules.core import growing, settled_cut
+
+
+def config(*rules: dict[str, Any], **options: Any) -> RulesConfig:
+    return RulesConfig.model_validate({"rules": list(rules), **options})
+
+
+def rule(name: str = "r", **fields: Any) -> dict[str, Any]:
+    return {"name": name, **fields}
+
+
+def found(text: str, cfg: RulesConfig, stage: Stage = "input") -> list[str]:
+    """The matched texts, in order."""
+    return [text[m.start : m.end] for m in scan(text, cfg.ruleset, stage)]
+
+
+def redact(text: str, cfg: RulesConfig, stage: Stage = "input") -> str:
+    return apply(text, scan(text, cfg.ruleset, stage))
+
+
+def test_registered_under_its_name() -> None:
+    assert PLUGIN is Rules
+    assert registry.get("rules") is Rules
+
+
+# --- regex ---------------------------------------------------------------------------------------------
+
+
+def test_regex_matches_and_reports_rule_action_and_span() -> None:
+    cfg = config(rule("card", pattern=r"\d{4}-\d{4}", action="redact", replacement="[CARD]"))
+    assert scan("pay 1234-5678 now", cfg.ruleset, "input") == [Match("card", "redact", 4, 13, "[CARD]")]
+    assert redact("pay 1234-5678 now", cfg) == "pay [CARD] now"
+
+
+def test_regex_is_case_insensitive_unless_asked() -> None:
+    assert found("My SECRET", config(rule(pattern="secret"))) == ["SECRET"]
+    assert found("My SECRET", config(rule(pattern="secret", case_sensitive=True))) == []
+
+
+def test_action_defaults_to_block_and_replacement_to_redacted() -> None:
+    (m,) = scan("x secret", config(rule(pattern="secret")).ruleset, "input")
+    assert (m.action, m.replacement) == ("block", "[REDACTED]")
+
+
+# --- keywords ------------------------------------------------------------------------------------------
+
+
+def test_keywords_match_whole_words_only() -> None:
+    cfg = config(rule(keywords=["ass"]))
+    assert found("an ass, ASS! (ass)", cfg) == ["ass", "ASS", "ass"]
+    assert found("class assert passes", cfg) == []
+
+
+def test_keyword_phrase_matches_across_any_whitespace() -> None:
+    cfg = config(rule(keywords=["ignore previous instructions"]))
+    assert found("Please IGNORE  previous\ninstructions.", cfg) == ["IGNORE  previous\ninstructions"]
+    assert found("ignore previous instructionsXYZ", cfg) == []
+
+
+def test_keywords_are_escaped_not_regexes() -> None:
+    cfg = config(rule(keywords=["c++", "a.b"]))
+    assert found("I like c++ and a.b but not axb", cfg) == ["c++", "a.b"]
+
+
+def test_keyword_case_sensitive() -> None:
+    cfg = config(rule(keywords=["Bob"], case_sensitive=True))
+    assert found("Bob and bob", cfg) == ["Bob"]
+
+
+def test_unicode_keywords_fold_case_and_respect_word_edges() -> None:
+    cfg = config(rule(keywords=["straße", "ΣΟΦΙΑ"]))
+    assert found("STRASSE Straße, σοφια; straßenbahn", cfg) == ["Straße", "σοφια"]
+
+
+def test_korean_keywords_match_inside_words_with_particles() -> None:
+    cfg = config(rule(keywords=["폭탄", "비밀번호"]))
+    assert found("폭탄을 만드는 법", cfg) == ["폭탄"]
+    assert found("내 비밀번호는 1234", cfg) == ["비밀번호"]
+    assert found("시한폭탄이다", cfg) == ["폭탄"]
+
+
+def test_latin_keyword_next_to_korean_particle_still_matches() -> None:
+    cfg = config(rule(keywords=["bomb"]))
+    assert found("bomb을 만들어", cfg) == ["bomb"]
+    assert found("bombs", cfg) == []
+
+
+def test_longest_keyword_wins_at_the_same_position() -> None:
+    cfg = config(rule(keywords=["secret", "secret key"], action="redact"))
+    assert redact("the secret key is", cfg) == "the [REDACTED] is"
+
+
+# --- stages --------------------------------------------------------------------------------------------
+
+
+def test_rule_only_checks_its_stages() -> None:
+    cfg = config(rule(pattern="secret", stages=["output"]))
+    assert found("secret", cfg, "input") == []
+    assert found("secret", cfg, "output") == ["secret"]
+
+
+# --- allow-list ----------------------------------------------------------------------------------------
+
+
+def deny_ignore(**options: Any) -> RulesConfig:
+    return config(
+        rule("ignore", pattern=r"\bignore\s+\w+(\s+\w+)?"),
+        allow=[{"keywords": ["ignore whitespace"]}],
+        **options,
+    )
+
+
+def test_allow_list_exempts_a_deny_match_inside_it() -> None:
+    assert found("please ignore whitespace", deny_ignore()) == []
+    assert found("please ignore previous instructions", deny_ignore()) == ["ignore previous instructions"]
+
+
+def test_allow_list_match_does_not_exempt_a_broader_or_other_deny_match() -> None:
+    text = "ignore whitespace, then ignore previous instructions"
+    assert found(text, deny_ignore()) == ["ignore previous instructions"]
+    # a deny match that only starts inside the allowed span is broader than it: not exempt
+    assert found("ignore whitespace rules", deny_ignore()) == ["ignore whitespace rules"]
+
+
+def test_allow_scope_text_exempts_the_whole_text() -> None:
+    text = "ignore whitespace, then ignore previous instructions"
+    assert found(text, deny_ignore(allow_scope="text")) == []
+
+
+def test_allow_entry_with_pattern_and_stages() -> None:
+    cfg = config(rule(pattern="secret"), allow=[{"pattern": r"secret\s+santa", "stages": ["input"]}])
+    assert found("secret santa", cfg, "input") == []
+    assert found("secret santa", cfg, "output") == ["secret"]
+
+
+def test_allow_match_may_begin_in_the_context_before_start() -> None:
+    cfg = deny_ignore()
+    text = "please ignore whitespace"
+    assert scan(text, cfg.ruleset, "input", start=text.index("whitespace")) == []
+
+
+# --- apply ---------------------------------------------------------------------------------------------
+
+
+def m(start: int, end: int, replacement: str = "#", action: Any = "redact") -> Match:
+    return Match("r", action, start, end, replacement)
+
+
+def test_apply_redacts_overlapping_and_nested_matches_once() -> None:
+    text = "abcdefghij"
+    assert apply(text, [m(1, 4, "X"), m(3, 6, "Y")]) == "aXghij"
+    assert apply(text, [m(1, 8, "X"), m(2, 3, "Y")]) == "aXij"
+    assert apply(text, [m(2, 4, "X"), m(4, 6, "Y")]) == "abXYghij"  # touching, not overlapping
+    assert apply(text, [m(5, 7, "Y"), m(0, 2, "X")]) == "XcdeYhij"  # any order
+
+
+def test_apply_leaves_block_and_flag_matches_alone() -> None:
+    assert apply("abcdef", [m(0, 2, action="flag"), m(2, 4, action="block"), m(4, 6)]) == "abcd#"
+
+
+def test_overlapping_rules_redact_as_one_span() -> None:
+    cfg = config(
+        rule("email", pattern=r"[\w.]+@[\w.]+", action="redact", replacement="[EMAIL]"),
+        rule("name", keywords=["john"], action="redact", replacement="[NAME]"),
+    )
+    assert redact("mail john.doe@x.com or John", cfg) == "mail [EMAIL] or [NAME]"
+
+
+# --- stream helpers ------------------------------------------------------------------------------------
+
+
+def test_growing_finds_where_an_unfinished_match_begins() -> None:
+    cfg = config(rule(keywords=["bad word"]), rule("n", pattern=r"\d{4}-\d{4}"), allow=[{"keywords": ["good one"]}])
+    assert growing("x bad   wo", cfg.ruleset, "output") == 2
+    assert growing("call 1234-56", cfg.ruleset, "output") == 5
+    assert growing("a good on", cfg.ruleset, "output") == 2
+    assert growing("x bad word", cfg.ruleset, "output") is None
+    assert growing("x bad   wo", cfg.ruleset, "output", start=3) is None
+
+
+def test_settled_cut_never_splits_a_match() -> None:
+    assert settled_cut([m(2, 6), m(8, 9)], 4) == 2
+    assert settled_cut([m(0, 3), m(2, 6)], 4) == 0  # moving left meets another match
+    assert settled_cut([m(2, 4)], 4) == 4
+
+
+# --- catastrophic patterns -----------------------------------------------------------------------------
+
+
+def test_catastrophic_regex_times_out_instead_of_stalling() -> None:
+    cfg = config(rule(pattern=r"(a|aa)+$"), timeout_s=0.05)
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        scan("a" * 60 + "!", cfg.ruleset, "input")
+    assert time.monotonic() - began < 1.0
+
+
+# --- options -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"pattern": "(unclosed"}, "invalid regular expression"),
+        ({"pattern": "x*"}, "matches the empty text"),
+        ({"keywords": []}, "keywords must not be empty"),
+        ({"keywords": ["  "]}, "a keyword must not be empty"),
+        ({}, "exactly one of `pattern` or `keywords`"),
+        ({"pattern": "a", "keywords": ["a"]}, "exactly one of `pattern` or `keywords`"),
+        ({"pattern": "a", "action": "delete"}, "'block', 'redact' or 'flag'"),
+    ],
+)
+def test_bad_rules_are_rejected(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        config(rule(**fields))
+
+
+def test_rule_names_must_be_unique() -> None:
+    with pytest.raises(ValidationError, match="repeated: a"):
+        config(rule("a", pattern="x"), rule("a", pattern="y"))
+
+
+def test_hold_covers_the_longest_keyword() -> None:
+    assert config(rule(keywords=["abc"])).hold == 64
+    assert config(rule(keywords=["x" * 100])).hold == 101
+
+
+POLICY = """
+backends:
+  - {{name: fake, type: openai, base_url: "http://127.0.0.1:9/v1"}}
+models:
+  - name: echo
+    targets: [{{backend: fake, model: echo}}]
+    plugins:
+      - use: rules
+        rules:
+          - {{name: ok, keywords: [fine]}}
+          - {{name: broken, pattern: "{pattern}"}}
+"""
+
+
+def test_invalid_regex_rejected_at_load_with_its_path() -> None:
+    with pytest.raises(PolicyError) as info:
+        load_text(POLICY.format(pattern="[a-"), "policy.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("models[0].plugins[0].rules[1].pattern: invalid regular expression '[a-'")
+
+
+def test_unknown_rule_key_rejected_at_load_with_its_path() -> None:
+    text = POLICY.format(pattern="x").replace("pattern:", "patern:")
+    with pytest.raises(PolicyError) as info:
+        load_text(text, "policy.yaml")
+    assert any(p.startswith("models[0].plugins[0].rules[1].patern: unknown key") for p in info.value.problems)
+
+
+def test_valid_policy_loads_with_compiled_rules() -> None:
+    loaded = load_text(POLICY.format(pattern=r"\\d+"), "policy.yaml")
+    cfg = loaded.config_for(loaded.policy.models[0].plugins[0])
+    assert isinstance(cfg, RulesConfig)
+    assert [r.name for r in cfg.ruleset.deny] == ["ok", "broken"]
+    assert found("fine 42", cfg) == ["fine", "42"]

@@ -12,6 +12,7 @@ always: plugins.on_end, access log
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -112,6 +113,8 @@ class Proxy:
         self, runtime: Runtime, chain: Chain, ctx: RequestContext, headers: dict[str, str]
     ) -> JSONResponse | SSEResponse:
         early, upto = await chain.request(ctx)
+        if early is not None and ctx.vetoes:
+            early = await _settle_vetoes(ctx, early)
         if early is not None:
             headers["x-gateway-backend"] = f"plugin:{chain.plugins[upto].name}"
             return await self._answer_early(runtime, chain, ctx, early, upto, headers)
@@ -206,6 +209,16 @@ class _Replay:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _settle_vetoes(ctx: RequestContext, early: Respond) -> Respond:
+    """An early answer (a cache hit) still waits for every veto; an early error needs none of them."""
+    if early.status >= 400:
+        for veto in ctx.vetoes:
+            veto.cancel()
+        return early
+    verdict = await with_vetoes(ctx, asyncio.sleep(0))
+    return verdict if isinstance(verdict, Respond) else early
 
 
 async def _fill_usage(ctx: RequestContext, answer: dict[str, Any]) -> None:

@@ -16,6 +16,13 @@ class Services:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
+    def has_model(self, model: str) -> bool:
+        return model in self._runtime.routes
+
+    @property
+    def models(self) -> list[str]:
+        return list(self._runtime.routes)
+
     async def complete(self, model: str, body: dict[str, Any], *, caller: str = "gateway") -> dict[str, Any]:
         """A whole chat completion from `model` (a name in the policy's models), through its routing,
         retries and fallbacks but none of its plugins. Raises the gateway's errors on failure."""

@@ -149,7 +149,8 @@ class LlmJudge(Plugin):
         judging = self._judging(ctx)
         held, judging.held = judging.held, []
         text = "\n\n".join(t for pieces in judging.texts.values() if (t := "".join(pieces)).strip())
-        if not text or not await self._blocks(ctx, text, "output"):
+        flag_only = self.config.output_stream_mode == "end"
+        if not text or not await self._blocks(ctx, text, "output", flag_only=flag_only):
             return Emit(tuple(held))
         if self.config.output_stream_mode == "hold":
             return blocked_chunk(ctx, held[0] if held else None)
@@ -165,8 +166,11 @@ class LlmJudge(Plugin):
 
     # --- asking the judge ---------------------------------------------------------------------------
 
-    async def _blocks(self, ctx: RequestContext, text: str, stage: Stage) -> bool:
-        """Whether `text` is blocked: the judge's verdict, or the policy's choice when there is none."""
+    async def _blocks(self, ctx: RequestContext, text: str, stage: Stage, *, flag_only: bool = False) -> bool:
+        """Whether `text` is blocked: the judge's verdict, or the policy's choice when there is none.
+
+        flag_only: the text is out already, so a block is recorded as a flag.
+        """
         cfg = self.config
         started = time.perf_counter()
         outcome: Outcome
@@ -188,14 +192,14 @@ class LlmJudge(Plugin):
             log.exception("request %s: llm_judge call failed", ctx.request_id)
             outcome, detail = "error", repr(exc)
         JUDGE_SECONDS.labels(stage, outcome).observe(time.perf_counter() - started)
-        if outcome in ("allow", "block"):
-            record(ctx, GuardVerdict(self.name, stage, outcome, rule="judge", reason=detail))
-            return outcome == "block"
-        fallback = (cfg.on_timeout or cfg.on_error) if outcome == "timeout" else cfg.on_error
-        action = "error" if fallback == "allow" else "block"
-        reason = f"judge {outcome} ({detail}); {fallback} by policy"
-        record(ctx, GuardVerdict(self.name, stage, action, rule=outcome, reason=reason))
-        return fallback == "block"
+        if outcome == "allow" or outcome == "block":
+            blocked, rule, reason = outcome == "block", "judge", detail
+        else:
+            fallback = (cfg.on_timeout or cfg.on_error) if outcome == "timeout" else cfg.on_error
+            blocked, rule, reason = fallback == "block", outcome, f"judge {outcome} ({detail}); {fallback} by policy"
+        action = ("flag" if flag_only else "block") if blocked else ("allow" if rule == "judge" else "error")
+        record(ctx, GuardVerdict(self.name, stage, action, rule=rule, reason=reason))
+        return blocked
 
     def _judging(self, ctx: RequestContext) -> _Judging:
         judgings = ctx.get(_Judgings)

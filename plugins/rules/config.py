@@ -69,7 +69,8 @@ class _Matching(BaseModel):
             self._matcher = Matcher(compile_pattern(self.pattern, self.case_sensitive), frozenset(self.stages))
         elif self.keywords is not None:
             pattern, longest = compile_keywords(self.keywords, self.case_sensitive)
-            self._matcher = Matcher(pattern, frozenset(self.stages), longest)
+            bounded = not any(len(k.split()) > 1 for k in self.keywords)
+            self._matcher = Matcher(pattern, frozenset(self.stages), longest, bounded)
 
     @property
     def matcher(self) -> Matcher:
@@ -107,6 +108,13 @@ class RulesConfig(GuardConfig):
         description="Streamed text always held back, so a match split across chunks is seen whole and a "
         "word's end is known (at least the longest keyword plus one).",
     )
+    release_chars: int = Field(
+        16,
+        ge=1,
+        le=65536,
+        description="Streamed text is checked and released once this much more than the hold-back has "
+        "arrived: fewer scans per chunk, at the cost of slightly burstier streams.",
+    )
     hold_max_chars: int = Field(
         4096,
         ge=1,
@@ -118,7 +126,10 @@ class RulesConfig(GuardConfig):
         16384, ge=0, description="Texts longer than this are scanned in a worker thread, off the event loop."
     )
     timeout_s: float = Field(
-        0.25, gt=0, le=10, description="Time budget to scan one text with every pattern; past it, on_error applies."
+        0.25,
+        gt=0,
+        le=10,
+        description="Time budget to scan one text with every pattern, per 64 KiB of text; past it, on_error applies.",
     )
     _ruleset: RuleSet | None = PrivateAttr(None)
 

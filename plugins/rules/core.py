@@ -2,7 +2,8 @@
 
 Catastrophic patterns: rules are compiled with the `regex` module (already installed as tiktoken's
 dependency) because its matcher takes a `timeout`. One scan of one text gets `timeout_s` for all its
-patterns together; past it, `scan` raises TimeoutError and the plugin applies the guard's `on_error`.
+patterns together (per 64 KiB of text, so a long prompt cannot time the scan out on purpose and slip
+through); past it, `scan` raises TimeoutError and the plugin applies the guard's `on_error`.
 A static "nested quantifier" check was rejected: it refuses useful patterns and still misses
 exponential ones such as `(a|aa)+$`; a size cap alone only makes the stall shorter.
 
@@ -25,6 +26,7 @@ from gateway.guarding import Stage
 Action = Literal["block", "redact", "flag"]
 AllowScope = Literal["match", "text"]
 _SEVERITY: dict[Action, int] = {"flag": 0, "redact": 1, "block": 2}
+_BUDGET_CHARS = 65536
 _UNSPACED = r"\p{Hangul}\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}"
 _UNSPACED_CHAR = regex.compile(f"[{_UNSPACED}]")
 _WORD_CHAR = regex.compile(r"\w")
@@ -63,6 +65,7 @@ class Matcher:
     pattern: _Pattern
     stages: frozenset[Stage]
     longest_keyword: int = 0
+    bounded: bool = False  # matches no more than longest_keyword characters (single-word keywords)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,14 @@ class RuleSet:
     allow: tuple[Matcher, ...] = ()
     allow_scope: AllowScope = "match"
     timeout_s: float = 0.25
+
+    def budget(self, text: str) -> float:
+        """Seconds to scan `text` with every pattern: `timeout_s` per started 64 KiB."""
+        return self.timeout_s * (1 + len(text) // _BUDGET_CHARS)
+
+    def checks(self, stage: Stage) -> bool:
+        """Whether any deny rule looks at this stage (if not, the plugin need not hold a stream back)."""
+        return any(stage in r.matcher.stages for r in self.deny)
 
     @property
     def longest_keyword(self) -> int:
@@ -136,7 +147,7 @@ def scan(text: str, rules: RuleSet, stage: Stage, *, start: int = 0, concurrent:
     it lies inside an allow-list match (`allow_scope: match`) or when the text has any allow-list
     match at all (`allow_scope: text`). Raises TimeoutError past the rule set's time budget.
     """
-    deadline = time.monotonic() + rules.timeout_s
+    deadline = time.monotonic() + rules.budget(text)
     allowed = [
         span for m in rules.allow if stage in m.stages for span in _spans(m.pattern, text, 0, deadline, concurrent)
     ]
@@ -166,12 +177,12 @@ def growing(text: str, rules: RuleSet, stage: Stage, *, start: int = 0, concurre
     For streams: `text` ends where the upstream has got to, so a phrase or pattern may be cut off
     ("ignore previous instruc"); nothing from this point on may be released yet.
     """
-    deadline = time.monotonic() + rules.timeout_s
+    deadline = time.monotonic() + rules.budget(text)
     matchers = [r.matcher for r in rules.deny] + list(rules.allow)
     earliest: int | None = None
     for matcher in matchers:
-        if stage not in matcher.stages:
-            continue
+        if stage not in matcher.stages or matcher.bounded:
+            continue  # a bounded match fits in the stream's hold-back: never cut off where text is released
         found = matcher.pattern.finditer(
             text, start, partial=True, timeout=_left(deadline), concurrent=concurrent or None
         )
@@ -212,9 +223,9 @@ def worst(matches: Iterable[Match]) -> Action | None:
 
 
 def fired(matches: Iterable[Match]) -> dict[tuple[str, Action], int]:
-    """How often each (rule, action) matched, in first-match order: one verdict each."""
+    """How often each (rule, action) matched, least serious first (so the last verdict is the worst)."""
     counts: dict[tuple[str, Action], int] = {}
-    for m in matches:
+    for m in sorted(matches, key=lambda m: _SEVERITY[m.action]):
         counts[(m.rule, m.action)] = counts.get((m.rule, m.action), 0) + 1
     return counts
 

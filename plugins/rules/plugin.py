@@ -56,6 +56,9 @@ class Rules(Plugin):
     Config = RulesConfig
     config: RulesConfig
 
+    def _applies(self, ctx: RequestContext, stage: Stage) -> bool:
+        return self.config.ruleset.checks(stage) and applies(ctx, self.config, stage)
+
     async def _scan(
         self, text: str, stage: Stage, start: int = 0, *, partial: bool = False
     ) -> tuple[list[Match], int | None]:
@@ -101,14 +104,12 @@ class Rules(Plugin):
         return False
 
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
-        if applies(ctx, self.config, "input") and await self._check(
-            ctx, "input", message_texts(ctx.body, self.config.roles)
-        ):
+        if self._applies(ctx, "input") and await self._check(ctx, "input", message_texts(ctx.body, self.config.roles)):
             return blocked_request()
         return CONTINUE
 
     async def on_response(self, ctx: RequestContext, completion: dict[str, Any]) -> RequestDecision:
-        if applies(ctx, self.config, "output") and await self._check(ctx, "output", answer_texts(completion)):
+        if self._applies(ctx, "output") and await self._check(ctx, "output", answer_texts(completion)):
             return blocked_answer(completion)
         return CONTINUE
 
@@ -122,7 +123,7 @@ class Rules(Plugin):
         return streams.by_plugin.setdefault(id(self), _Stream())
 
     async def on_stream_chunk(self, ctx: RequestContext, chunk: dict[str, Any]) -> StreamDecision:
-        if not applies(ctx, self.config, "output"):
+        if not self._applies(ctx, "output"):
             return CONTINUE
         choices = chunk.get("choices") or []
         if len(choices) > 1:  # never seen from OpenAI-style upstreams, but each choice has its own text
@@ -179,9 +180,13 @@ class Rules(Plugin):
     async def _release(self, ctx: RequestContext, held: _Held, text: str, final: bool) -> str | None:
         """Push text into the hold-back buffer; the text now safe to send, redacted (None: block)."""
         buffer = held.buffer
-        released = buffer.push(text)
         if final:
-            released += buffer.flush()
+            released = buffer.push(text) + buffer.flush()
+        elif len(buffer.pending) + len(text) < buffer.hold + self.config.release_chars:
+            buffer.pending += text  # not enough new text to be worth a scan yet
+            return ""
+        else:
+            released = buffer.push(text)
         window = held.tail + released + buffer.pending
         start = len(held.tail)
         cut = start + len(released)

@@ -17,10 +17,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from aiohttp import web
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.guarding import BLOCK_MESSAGE
 from gateway.loader import load_text
@@ -182,13 +184,25 @@ def assert_blocked(client: OpenAI, text: str, *, stream: bool = False) -> None:
 def stream(client: OpenAI, text: str) -> tuple[str, list[str]]:
     """The streamed text and every finish reason seen."""
     chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], stream=True)
-    content, reasons = [], []
+    content: list[str] = []
+    reasons: list[str] = []
     for chunk in chunks:
         for choice in chunk.choices:
             content.append(choice.delta.content or "")
             if choice.finish_reason:
                 reasons.append(choice.finish_reason)
     return "".join(content), reasons
+
+
+def verdicts(client: OpenAI, stage: str, action: str) -> float:
+    """gateway_guard_verdicts_total for llm_judge (the metrics are the process's: compare before and after)."""
+    text = httpx.get(str(client.base_url).removesuffix("v1/") + "metrics").text
+    labels = {"plugin": "llm_judge", "stage": stage, "action": action}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_guard_verdicts_total" and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def upstream_saw(upstream: FakeUpstream, mark: str) -> bool:
@@ -209,8 +223,18 @@ def test_an_allowed_request_passes_and_the_judge_sees_policy_and_text(serve: Ser
     assert sent["model"] == "judge-model" and sent["temperature"] == 0 and sent["stream"] is False
 
 
-def test_a_blocked_request_gets_a_generic_400(serve: Serve) -> None:
-    assert_blocked(serve(), f"BLOCKME {marker()}")
+def test_a_blocked_request_gets_a_generic_400_and_is_counted(serve: Serve) -> None:
+    client = serve()
+    before = verdicts(client, "input", "block")
+    assert_blocked(client, f"BLOCKME {marker()}")
+    assert verdicts(client, "input", "block") == before + 1
+
+
+def test_end_mode_blocks_are_counted_as_flags(serve: Serve) -> None:
+    client = serve(apply_to=["output"], output_stream_mode="end")
+    before = verdicts(client, "output", "flag")
+    stream(client, f"BLOCKME {marker()}")
+    assert verdicts(client, "output", "flag") == before + 1
 
 
 def test_a_json_verdict_blocks_too(serve: Serve) -> None:
@@ -264,8 +288,7 @@ def test_parallel_mode_releases_no_answer_before_the_verdict(serve: Serve) -> No
 
 
 def test_a_cache_hit_behind_the_judge_still_waits_for_the_verdict(serve: Serve, judge: JudgeServer) -> None:
-    # The gateway races vetoes against the upstream call only: an answer a later plugin gives early must
-    # still wait for the verdict (the judge's own response phase awaits it).
+    # An answer a later plugin gives early (a cache hit) still waits for the vetoes: a block wins.
     client = serve(apply_to=["input"], plugins=({"use": "exact_cache"},))
     text = f"cache me {marker()}"
     assert ask(client, text) == f"echo: {text}"  # allowed, and now cached
@@ -273,7 +296,8 @@ def test_a_cache_hit_behind_the_judge_still_waits_for_the_verdict(serve: Serve, 
     with pytest.raises(openai.BadRequestError) as failure:
         ask(client, text)
     assert failure.value.response.headers["x-gateway-backend"] == "plugin:exact_cache"
-    assert stream(client, text) == ("", ["content_filter"])  # replayed as a stream: ended before any text
+    with pytest.raises(openai.BadRequestError):  # the verdict comes before any replayed stream starts
+        stream(client, text)
     judge.forced = None
     hit = client.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": text}])
     assert hit.headers["x-gateway-cache"] == "hit"

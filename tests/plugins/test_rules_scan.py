@@ -209,6 +209,12 @@ def test_catastrophic_regex_times_out_instead_of_stalling() -> None:
     assert time.monotonic() - began < 1.0
 
 
+def test_time_budget_grows_with_the_text_so_padding_cannot_force_a_timeout() -> None:
+    rules = config(rule(pattern="x"), timeout_s=0.1).ruleset
+    assert rules.budget("a" * 100) == pytest.approx(0.1)
+    assert rules.budget("a" * (4 * 1024 * 1024)) == pytest.approx(6.5)
+
+
 # --- options -------------------------------------------------------------------------------------------
 
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.chain import Chain
-from gateway.plugin import Caller, Plugin, RequestContext, Respond
-from gateway.policy import ModelRoute, Target
 import plugins.rules.plugin as rules_plugin
+from gateway.chain import Chain
 from gateway.guarding import GuardVerdict
+from gateway.plugin import CONTINUE, Caller, Plugin, RequestContext, Respond
+from gateway.policy import ModelRoute, Target
 from plugins.rules import Rules, RulesConfig, apply, scan
 
 
@@ -145,6 +145,12 @@ async def test_completions_stream() -> None:
     assert blocked.ended_by is not None and blocked.ended_by.body["object"] == "text_completion"
 
 
+async def test_no_output_rules_means_no_hold_back() -> None:
+    rules = plugin({"name": "w", "keywords": ["secret"], "stages": ["input"]})
+    out = await stream([rules], ["a ", "secret ", "b"])
+    assert [c["choices"][0]["delta"].get("content") for c in out.chunks] == ["", "a ", "secret ", "b", None]
+
+
 async def test_two_rules_plugins_in_one_chain_keep_their_own_state() -> None:
     first = plugin({"name": "a", "keywords": ["alpha"], "action": "redact", "replacement": "[A]"})
     second = plugin({"name": "b", "keywords": ["beta"], "action": "redact", "replacement": "[B]"}, hold_chars=3)
@@ -185,8 +191,15 @@ WORDS = st.sampled_from(["bad", "word", "bad word", "badword", "ok", "wordy", "�
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(WORDS, max_size=30), st.lists(st.integers(1, 7), min_size=1, max_size=40))
-async def test_any_chunking_redacts_like_the_whole_text(words: list[str], sizes: list[int]) -> None:
+@given(
+    st.lists(WORDS, max_size=30),
+    st.lists(st.integers(1, 7), min_size=1, max_size=40),
+    st.integers(1, 12),
+    st.integers(1, 20),
+)
+async def test_any_chunking_redacts_like_the_whole_text(
+    words: list[str], sizes: list[int], hold_chars: int, release_chars: int
+) -> None:
     text = "".join(words)
     pieces, at, i = [], 0, 0
     while at < len(text):
@@ -196,12 +209,15 @@ async def test_any_chunking_redacts_like_the_whole_text(words: list[str], sizes:
     rules = plugin(
         {"name": "w", "keywords": ["bad word", "폭탄"], "action": "redact", "replacement": "<x>"},
         {"name": "f", "keywords": ["word"], "action": "flag"},
-        hold_chars=1,
+        hold_chars=hold_chars,
+        release_chars=release_chars,
     )
     out = await stream([rules], pieces)
     assert out.text == apply(text, scan(text, rules.config.ruleset, "output"))
 
-    blocker = plugin({"name": "w", "keywords": ["bad word", "폭탄"]}, hold_chars=1)
+    blocker = plugin(
+        {"name": "w", "keywords": ["bad word", "폭탄"]}, hold_chars=hold_chars, release_chars=release_chars
+    )
     out = await stream([blocker], pieces)
     matches = scan(text, blocker.config.ruleset, "output")
     assert (out.ended_by is not None) == bool(matches)
@@ -226,14 +242,14 @@ async def test_long_texts_are_scanned_off_the_event_loop(monkeypatch: pytest.Mon
     monkeypatch.setattr(rules_plugin, "scan", spy)
     rules = plugin({"name": "s", "keywords": ["secret"], "action": "redact"}, inline_chars=10)
     context = ctx(body=chat_body("short", "a long text with a secret in it"))
-    assert await rules.on_request(context) is rules_plugin.CONTINUE
+    assert await rules.on_request(context) is CONTINUE
     assert [m["content"] for m in context.body["messages"]] == ["short", "a long text with a [REDACTED] in it"]
     assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
 
 
 async def test_input_redacts_every_message_and_part_but_only_checked_roles() -> None:
     rules = plugin({"name": "s", "keywords": ["secret"], "action": "redact"}, roles=["user"])
-    body = {
+    body: dict[str, Any] = {
         "model": "m",
         "messages": [
             {"role": "system", "content": "secret system"},

@@ -77,6 +77,13 @@ class PiiConfig(GuardConfig):
     hold_chars: int = Field(
         32, ge=0, le=4096, description="Streamed answer text held back to see an entity split across chunks."
     )
+    stream_batch_chars: int = Field(
+        16,
+        ge=0,
+        le=4096,
+        description="Streamed text is checked and released once this many characters beyond the hold have "
+        "arrived (0: at every chunk): fewer analyses for a little more delay.",
+    )
     allow_list: tuple[str, ...] = Field((), description="Exact values never treated as PII (a support address).")
     # Earlier assistant turns carry what the gateway restored for the caller: they go upstream again.
     roles: tuple[str, ...] = Field(

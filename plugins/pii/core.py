@@ -21,21 +21,27 @@ from plugins.pii.engine import shared_analyzer
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
 _PARTIAL_PLACEHOLDER = re.compile(r"<[A-Z0-9_]*$")
 
-# Entities that only pattern recognizers find, and a character each must contain. When every configured
-# entity is one of these, a text without any such character cannot hold PII and spaCy is not run on it.
+# Entities that only pattern recognizers find, and what any text holding one must contain. When every configured
+# entity is one of these, a text without any such sign cannot hold PII and is not analysed at all.
+_DIGIT = r"\d"
 _NEEDS = {
     "EMAIL_ADDRESS": "@",
-    "IP_ADDRESS": r"\d:",  # IPv6 may be all hex letters ("fe::ab"), never without a colon
-    "PHONE_NUMBER": r"\d",
-    "CREDIT_CARD": r"\d",
-    "IBAN_CODE": r"\d",
-    "US_SSN": r"\d",
-    "US_ITIN": r"\d",
-    "US_BANK_NUMBER": r"\d",
-    "UK_NHS": r"\d",
-    "KR_RRN": r"\d",
-    "KR_PHONE": r"\d",
+    "IP_ADDRESS": r"\d|::|[a-f]:[a-f]",  # IPv6 may be all hex letters ("fe::ab"), never "Note: ..."
+    "PHONE_NUMBER": _DIGIT,
+    "CREDIT_CARD": _DIGIT,
+    "IBAN_CODE": _DIGIT,
+    "US_SSN": _DIGIT,
+    "US_ITIN": _DIGIT,
+    "US_BANK_NUMBER": _DIGIT,
+    "UK_NHS": _DIGIT,
+    "KR_RRN": _DIGIT,
+    "KR_PHONE": _DIGIT,
 }
+
+# The English model's NER tags Hangul (and other non-Latin) words as PERSON almost at random ("감사합니다"),
+# and never finds a Korean name: its findings without a Latin letter are not trusted.
+_NER_RECOGNIZER = "SpacyRecognizer"
+_LATIN = re.compile(r"[A-Za-z\u00C0-\u024F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,7 @@ class Vault:
 def _trigger(entities: tuple[str, ...]) -> re.Pattern[str] | None:
     if any(entity not in _NEEDS for entity in entities):
         return None
-    return re.compile("[" + "".join(sorted({_NEEDS[e] for e in entities})) + "]")
+    return re.compile("|".join(sorted({_NEEDS[e] for e in entities})), re.IGNORECASE)
 
 
 def worth_analysing(text: str, entities: tuple[str, ...]) -> bool:
@@ -98,7 +104,12 @@ def detect(text: str, cfg: PiiConfig, analyzer: AnalyzerEngine | None = None) ->
         score_threshold=cfg.score_threshold,
         allow_list=list(cfg.allow_list) or None,
     )
-    return merge(Finding(r.entity_type, r.start, r.end, r.score) for r in results)
+    return merge(
+        Finding(r.entity_type, r.start, r.end, r.score)
+        for r in results
+        if _LATIN.search(text, r.start, r.end)
+        or (r.recognition_metadata or {}).get("recognizer_name") != _NER_RECOGNIZER
+    )
 
 
 def merge(findings: Iterable[Finding]) -> list[Finding]:

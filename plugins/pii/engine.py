@@ -29,6 +29,34 @@ _REPLACED = ("EmailRecognizer", "PhoneRecognizer", "KrRrnRecognizer")
 # Runs once after loading, so the first request does not pay for lazily built regexes and phone metadata.
 _WARM_UP = "Write to John Smith at john@example.com or 010-1234-5678, card 4111 1111 1111 1111, 10.0.0.1."
 
+# spaCy's labels as Presidio entities (Presidio's conf/spacy.yaml); the rest are dropped rather than kept with
+# a warning logged for every request that mentions an amount of money.
+_NER = {
+    "model_to_presidio_entity_mapping": {
+        "PER": "PERSON",
+        "PERSON": "PERSON",
+        "NORP": "NRP",
+        "FAC": "LOCATION",
+        "LOC": "LOCATION",
+        "GPE": "LOCATION",
+        "ORG": "ORGANIZATION",
+        "DATE": "DATE_TIME",
+        "TIME": "DATE_TIME",
+    },
+    "labels_to_ignore": [
+        "CARDINAL",
+        "EVENT",
+        "LANGUAGE",
+        "LAW",
+        "MONEY",
+        "ORDINAL",
+        "PERCENT",
+        "PRODUCT",
+        "QUANTITY",
+        "WORK_OF_ART",
+    ],
+}
+
 _lock = threading.Lock()
 _engines: dict[tuple[str, str], AnalyzerEngine] = {}
 
@@ -53,7 +81,11 @@ def build_analyzer(model: str, language: str) -> AnalyzerEngine:
         raise AnalyzerUnavailable(f"spaCy model {model!r} is not installed (models are never downloaded)")
     try:
         provider = NlpEngineProvider(
-            nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": language, "model_name": model}]}
+            nlp_configuration={
+                "nlp_engine_name": "spacy",
+                "models": [{"lang_code": language, "model_name": model}],
+                "ner_model_configuration": _NER,
+            }
         )
         nlp_engine = provider.create_engine()
         registry = RecognizerRegistry(supported_languages=[language])

@@ -37,7 +37,7 @@ from gateway.guarding import (
 )
 from gateway.plugin import CONTINUE, Emit, Plugin, Readiness, RequestContext, RequestDecision, StreamDecision
 from plugins.pii.config import PiiConfig
-from plugins.pii.core import Finding, Vault, detect, protect_answer, release_point, transform
+from plugins.pii.core import Finding, Vault, detect, protect_answer, release_point, transform, worth_analysing
 from plugins.pii.engine import shared_analyzer
 
 log = logging.getLogger("gateway.pii")
@@ -70,8 +70,7 @@ class _AnalysisFailed(Exception):
 
 
 class PiiGuard(Plugin):
-    """Finds personal data with Presidio (plus Korean RRNs and phone numbers) and redacts, masks,
-    pseudonymizes or blocks it, in requests and answers, streamed or not."""
+    """Redacts, masks, pseudonymizes or blocks PII (Presidio, Korean RRNs and phones) in requests and answers."""
 
     name = "pii"
     Config = PiiConfig
@@ -158,7 +157,11 @@ class PiiGuard(Plugin):
         text = chunk_text(chunk)
         if not text and not finishing:
             return CONTINUE  # the role chunk, a tool call: nothing to hold
-        buffer = stream.buffers.setdefault(index, StreamText(self.config.hold_chars))
+        cfg = self.config
+        buffer = stream.buffers.setdefault(index, StreamText(cfg.hold_chars))
+        if not finishing and len(buffer.pending) + len(text) <= cfg.hold_chars + cfg.stream_batch_chars:
+            buffer.pending += text  # not enough new text to be worth an analysis yet
+            return Emit(())
         out = buffer.push(text)
         if not finishing and not out:
             return Emit(())
@@ -209,6 +212,8 @@ class PiiGuard(Plugin):
         cfg = self.config
         vault = self._state(ctx).vault
         window = out + buffer.pending
+        if not window:
+            return ""
         findings: list[Finding] = []
         if stream.check and not stream.failed:
             try:
@@ -232,6 +237,8 @@ class PiiGuard(Plugin):
         if self.analyzer is None:
             raise _AnalysisFailed(f"analyzer unavailable: {self.load_error}")
         analyzer, cfg = self.analyzer, self.config
+        if not any(worth_analysing(text, cfg.entities) for text in texts):
+            return [[] for _ in texts]  # a thread hop costs more than this check, and it cannot find anything
         try:
             return await asyncio.to_thread(lambda: [detect(text, cfg, analyzer) for text in texts])
         except Exception as exc:

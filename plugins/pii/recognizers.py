@@ -103,7 +103,8 @@ class KoreanPhoneRecognizer(PatternRecognizer):
         Pattern("KR landline (digits only)", rf"(?<![\d+])0{_AREA}\d{{7,8}}(?!\d)", 0.3),
         Pattern("KR landline (+82)", rf"\+82{_SEP}?(?:\(0\))?{_AREA}{_SEP}?\d{{3,4}}{_SEP}?\d{{4}}(?!\d)", 0.7),
     ]
-    CONTEXT = ["전화", "휴대", "핸드폰", "연락", "번호", "phone", "mobile", "tel", "cell", "contact"]
+    # Context words match as substrings, so never 번호 ("number"): 주문번호 is an order number.
+    CONTEXT = ["전화", "휴대", "핸드폰", "연락", "phone", "mobile", "tel", "cell", "contact"]
 
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(

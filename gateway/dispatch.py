@@ -63,8 +63,9 @@ async def dispatch(
             wait = backoff_s(number - 1, retry_after=last.headers.get("retry-after"))
             if deadline is not None and loop.time() + (0 if math.isinf(wait) else wait) >= deadline:
                 break
-            if not math.isinf(wait):  # inf: this target asked for longer than we wait; try the next now
-                await asyncio.sleep(wait)
+            if math.isinf(wait):  # it asked for longer than we ever wait: skip it, try what comes next
+                continue
+            await asyncio.sleep(wait)
         ctx.target = attempt.target
         headers["x-gateway-backend"] = attempt.target.backend
         if attempt.route is not ctx.route:

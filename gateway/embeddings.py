@@ -34,7 +34,11 @@ def load_model(path: str | None) -> Any:
     with _models_lock:
         if path not in _models:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+            import torch
             from sentence_transformers import SentenceTransformer
+
+            # One thread for a short text is nearly as fast as two, and leaves a core to the event loop.
+            torch.set_num_threads(int(os.environ.get("GATEWAY_TORCH_THREADS", "1")))
 
             _models[path] = SentenceTransformer(path, device="cpu")
         return _models[path]

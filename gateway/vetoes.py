@@ -51,6 +51,9 @@ async def _discard(task: asyncio.Future[Any]) -> None:
     result = task.result()
     opened = result[1] if isinstance(result, tuple) and len(result) > 1 else None
     closer = getattr(opened, "aclose", None)
-    if closer is not None:
+    if closer is not None:  # an opened stream nobody will relay: close it, and it is no longer in flight
         with contextlib.suppress(Exception):
             await closer()
+        health = getattr(result[0], "health", None)
+        if health is not None:
+            health.abandoned()

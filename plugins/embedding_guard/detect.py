@@ -1,28 +1,38 @@
 """The guard's decision, as pure functions over unit vectors: no model, no I/O.
 
-    score(query, attacks, benign) -> Detection     nearest attack example, and its lead over the nearest benign one
-    decide(detection, cfg) -> bool                 close enough to an attack, and closer to it than to anything benign
-    windows(text, max_windows) -> [text, ...]      what to embed for one text: itself, and its sentences when long
+    score(query, attacks, benign) -> Detection   nearest attack example, its lead over the nearest benign one,
+                                                 and (given a Contrast) the attack probability
+    decide(detection, cfg) -> bool               a near copy of an attack, or on the attack side of the contrast
+    fit_contrast(attacks, benign) -> Contrast    the direction that separates the two example sets
+    windows(text, max_windows) -> [text, ...]    what to embed for one text: itself, and its sentences when long
+    lexical_vector(text)                         hashed character n-grams, for scripts the model cannot read
 
 Cosine similarity alone cannot tell "ignore all previous instructions" from "ignore whitespace in git diff"
-well enough: a small model puts both near "ignore". The benign contrast set pulls the look-alike towards
-its own kind, so a text is blocked only when the nearest attack beats the nearest benign example by a margin.
+well enough: a small model puts both near "ignore". A benign contrast set helps twice: the nearest attack
+must beat the nearest benign example by a margin, and a direction fitted on both sets says which side of
+the line between them a new wording falls on.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import zlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 Matrix = npt.NDArray[np.float32]
+View = Literal["semantic", "lexical"]
+LEXICAL_DIM = 1 << 14
+LEXICAL_NGRAMS = (2, 3)
 
-# A sentence ends at . ! ? (or their CJK forms) followed by space, or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])[\"')\]]*\s+|\s*\n+\s*")
+# A sentence ends at . ! ? (or their CJK forms: \u3002 \uff01 \uff1f) followed by space, or at a line break.
+_MARKS = r".!?\u3002\uff01\uff1f"
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[\u3002\uff01\uff1f])\s*|\s*\n+\s*")
+_SENTENCE_DONE = re.compile(rf"[{_MARKS}][\"')\]]*(?:\s|$)|\n")
 MIN_SENTENCE_CHARS = 24  # shorter pieces ("Hi.", "1.") are joined to the next one: alone they match anything
 
 
@@ -31,6 +41,8 @@ class Detection:
     score: float  # cosine similarity to the nearest attack example
     nearest_example_index: int  # its row in the attack matrix (-1: no attack examples)
     margin: float  # score minus the similarity to the nearest benign example (inf without a benign set)
+    view: View = "semantic"  # which vectors were compared: the model's, or character n-grams
+    likelihood: float = 0.0  # attack probability along the fitted attack/benign contrast (0.0 without one)
 
 
 class Thresholds(Protocol):
@@ -38,23 +50,96 @@ class Thresholds(Protocol):
     def threshold(self) -> float: ...
 
     @property
+    def contrast(self) -> float: ...
+
+    @property
+    def near(self) -> float | None: ...
+
+    @property
     def margin(self) -> float: ...
 
+    @property
+    def lexical_threshold(self) -> float: ...
 
-def score(query_vec: Matrix, attack_matrix: Matrix, benign_matrix: Matrix) -> Detection:
+    @property
+    def lexical_margin(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Contrast:
+    """A direction that separates the attack examples from the benign ones (logistic regression on them)."""
+
+    weights: Matrix
+    bias: float
+
+    def probability(self, vectors: Matrix) -> Matrix:
+        logits = np.clip(vectors @ self.weights + self.bias, -30.0, 30.0)
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
+
+
+def fit_contrast(attack_matrix: Matrix, benign_matrix: Matrix, l2: float = 0.1, steps: int = 30) -> Contrast | None:
+    """L2-regularised logistic regression, attack (1) against benign (0), each set weighted equally as a whole.
+
+    Nearest-example similarity keys on wording ("ignore", "instructions"): a paraphrase of an attack can sit
+    closer to a benign example than to any attack, and a look-alike closer to an attack. A direction fitted
+    on both sets keys on what the attacks share and the look-alikes lack (speaking to the model about its own
+    rules), and carries over better to wordings the examples do not contain: in 10-fold cross-validation on
+    the prompt_injection preset it ranks a held-out attack above a held-out benign example 95% of the time.
+    Newton's method: deterministic, a few milliseconds for a few hundred examples.
+    """
+    n_attack, n_benign = attack_matrix.shape[0], benign_matrix.shape[0]
+    if n_attack == 0 or n_benign == 0:
+        return None
+    x = np.vstack([attack_matrix, benign_matrix]).astype(np.float64)
+    x = np.hstack([x, np.ones((x.shape[0], 1))])
+    y = np.concatenate([np.ones(n_attack), np.zeros(n_benign)])
+    weight = np.where(y == 1, len(y) / (2 * n_attack), len(y) / (2 * n_benign))
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30.0, 30.0)))
+        gradient = x.T @ (weight * (p - y)) + penalty * w
+        curvature = weight * p * (1 - p)
+        hessian = (x * curvature[:, None]).T @ x + np.diag(penalty) + 1e-9 * np.eye(x.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if float(np.max(np.abs(step))) < 1e-6:
+            break
+    return Contrast(w[:-1].astype(np.float32), float(w[-1]))
+
+
+def score(
+    query_vec: Matrix,
+    attack_matrix: Matrix,
+    benign_matrix: Matrix,
+    view: View = "semantic",
+    contrast: Contrast | None = None,
+) -> Detection:
     """Similarity of one normalised query vector to the nearest attack and benign examples (rows, normalised)."""
     if attack_matrix.shape[0] == 0:
-        return Detection(-1.0, -1, -math.inf)
+        return Detection(-1.0, -1, -math.inf, view, 0.0)
     attack = attack_matrix @ query_vec
     nearest = int(np.argmax(attack))
     best = float(attack[nearest])
     benign = float(np.max(benign_matrix @ query_vec)) if benign_matrix.shape[0] else -math.inf
-    return Detection(best, nearest, best - benign)
+    likelihood = float(contrast.probability(query_vec)) if contrast is not None else 0.0
+    return Detection(best, nearest, best - benign, view, likelihood)
 
 
 def decide(detection: Detection, cfg: Thresholds) -> bool:
-    """True when the text should be treated as an attack."""
-    return detection.score >= cfg.threshold and detection.margin >= cfg.margin
+    """True when the text should be treated as an attack.
+
+    Semantic view, either of two ways: a near copy of a known attack (cosine >= `near`, and nearer it than
+    any benign example by `margin`), or a new wording on the attack side of the fitted contrast
+    (likelihood >= `contrast`) that is still somewhat like an attack example (cosine >= `threshold`).
+    Lexical view: n-gram similarity >= `lexical_threshold`, with a lead of `lexical_margin` over benign.
+    """
+    if detection.view == "lexical":
+        return detection.score >= cfg.lexical_threshold and detection.margin >= cfg.lexical_margin
+    if cfg.near is not None and detection.score >= cfg.near and detection.margin >= cfg.margin:
+        return True
+    return detection.score >= cfg.threshold and detection.likelihood >= cfg.contrast
 
 
 def strongest(detections: list[Detection], cfg: Thresholds) -> Detection | None:
@@ -67,13 +152,18 @@ def strongest(detections: list[Detection], cfg: Thresholds) -> Detection | None:
     return max(detections, key=lambda d: d.score)
 
 
+def _weight(text: str) -> int:
+    """Length in Latin-letter terms: a Hangul or Han character says about as much as two letters."""
+    return len(text) + sum(ord(c) >= 0x1100 for c in text)
+
+
 def sentences(text: str) -> list[str]:
     """The text cut into sentences, each at least MIN_SENTENCE_CHARS long where the text allows."""
     out: list[str] = []
     carry = ""
     for piece in _SENTENCE_END.split(text):
         piece = f"{carry} {piece}".strip() if carry else piece.strip()
-        if len(piece) < MIN_SENTENCE_CHARS:
+        if _weight(piece) < MIN_SENTENCE_CHARS:
             carry = piece
             continue
         out.append(piece)
@@ -84,6 +174,11 @@ def sentences(text: str) -> list[str]:
         else:
             out.append(carry)
     return out
+
+
+def ends_sentence(text: str) -> bool:
+    """True when streamed text holds a finished sentence long enough to be worth a check."""
+    return _weight(text.strip()) >= MIN_SENTENCE_CHARS and _SENTENCE_DONE.search(text) is not None
 
 
 def windows(text: str, max_windows: int, long_chars: int = 160) -> list[str]:
@@ -97,7 +192,7 @@ def windows(text: str, max_windows: int, long_chars: int = 160) -> list[str]:
     text = text.strip()
     if not text:
         return []
-    if len(text) <= long_chars or max_windows <= 0:
+    if _weight(text) <= long_chars or max_windows <= 0:
         return [text]
     parts = sentences(text)
     if len(parts) <= 1:
@@ -106,3 +201,27 @@ def windows(text: str, max_windows: int, long_chars: int = 160) -> list[str]:
         size = math.ceil(len(parts) / max_windows)
         parts = [" ".join(parts[i : i + size]) for i in range(0, len(parts), size)]
     return [text, *parts]
+
+
+def mostly_non_latin(text: str) -> bool:
+    """True when most letters are outside the Latin script (Hangul, kana, Han, Cyrillic, Arabic, ...).
+
+    all-MiniLM-L6-v2 was trained on English: it spells Hangul out as jamo and puts every Korean text close
+    to every other one, so its similarities there say little. Such texts are compared by n-grams instead.
+    """
+    letters = [c for c in text if c.isalpha()]
+    return bool(letters) and sum(ord(c) >= 0x250 for c in letters) * 2 > len(letters)
+
+
+def lexical_vector(text: str) -> Matrix:
+    """Character 2- and 3-grams (whitespace folded, lower case) hashed into LEXICAL_DIM buckets; unit length."""
+    folded = " ".join(text.lower().split())
+    vector = np.zeros(LEXICAL_DIM, dtype=np.float32)
+    for n in LEXICAL_NGRAMS:
+        for i in range(len(folded) - n + 1):
+            gram = folded[i : i + n]
+            if not gram.isspace():
+                vector[zlib.crc32(gram.encode("utf-8")) % LEXICAL_DIM] += 1.0
+    np.log1p(vector, out=vector)
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm else vector

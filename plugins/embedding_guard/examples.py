@@ -1,7 +1,7 @@
 """Example sets: the texts a request is compared with, from the policy, files and shipped presets.
 
-A file holds one example per line; blank lines and lines starting with `#` are skipped. A line that starts
-with `{` is read as JSON and its "text" is the example (so a JSONL file of {"text": ...} objects works).
+A file holds one example per line; blank lines and lines starting with `#` are skipped. A file named
+`*.jsonl` holds one JSON object per line instead, and its "text" is the example (other keys are ignored).
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ def read_examples(path: str | Path) -> list[tuple[int, str]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ExamplesError(f"cannot read examples from {path}: {exc.strerror or exc}") from exc
+    jsonl = Path(path).suffix.lower() == ".jsonl"
     out: list[tuple[int, str]] = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("{"):
+        if jsonl:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -81,6 +82,9 @@ def collect(
     benign.update(dict.fromkeys(t.strip() for t in benign_examples if t.strip()))
     if benign_file is not None:
         benign.update(dict.fromkeys(text for _, text in read_examples(benign_file)))
+    if not benign:
+        # The contrast needs a benign side: ordinary requests stand in for a policy that names none.
+        benign.update(dict.fromkeys(text for _, text in read_examples(PRESETS / "ordinary.txt")))
     for text in attacks:
         benign.pop(text, None)  # a text listed as both is an attack
     if not attacks:

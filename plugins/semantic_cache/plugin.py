@@ -22,10 +22,10 @@ from gateway.caching import (
     fingerprint,
     storable,
 )
+from gateway.embeddings import Embedder, EmbedderError, Vector
 from gateway.errors import error_body
 from gateway.plugin import CONTINUE, Plugin, Readiness, RequestContext, RequestDecision, Respond, StreamDecision
 from gateway.redis_link import RedisLink, RedisUnavailable
-from gateway.embeddings import Embedder, EmbedderError, Vector
 from plugins.semantic_cache.index import Entry, SemanticIndex
 from plugins.semantic_cache.shared import SharedEntries
 from plugins.semantic_cache.verify import Strictness, verify

@@ -19,8 +19,8 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.redis_link import RedisLink
 from gateway.embeddings import Vector
+from gateway.redis_link import RedisLink
 from plugins.semantic_cache.index import Entry
 
 log = logging.getLogger("gateway.semantic_cache")

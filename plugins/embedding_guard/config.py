@@ -1,0 +1,106 @@
+"""embedding_guard's options, validated once when the policy loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.guarding import GuardConfig, Stage
+from plugins.embedding_guard.detector import NonLatin
+from plugins.embedding_guard.examples import Preset
+
+# Chosen by `python -m bench.injection` on the tune split of tests/plugins/injection_eval.jsonl, with the
+# prompt_injection preset and all-MiniLM-L6-v2; another model or example set wants its own tuning.
+DEFAULT_THRESHOLD = 0.45
+DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence about this close
+DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
+DEFAULT_CONTRAST = 0.60
+DEFAULT_LEXICAL_THRESHOLD = 0.20
+DEFAULT_LEXICAL_MARGIN = 0.10
+
+
+class EmbeddingGuardConfig(GuardConfig):
+    apply_to: tuple[Stage, ...] = Field(("input",), description="Check the request, the answer, or both.")
+    roles: tuple[str, ...] = Field(
+        ("user", "tool"),
+        description="Input messages whose text is checked (tool results carry indirect injections).",
+    )
+    examples: tuple[str, ...] = Field((), description="Attack or deny-topic examples written in the policy.")
+    examples_file: str | None = Field(
+        None, description="File of attack examples: one per line (# comments), or *.jsonl with a 'text' field."
+    )
+    preset: Preset | None = Field(
+        None, description="Shipped example set: prompt_injection (its benign contrast set comes along)."
+    )
+    benign_examples: tuple[str, ...] = Field(
+        (), description="Look-alikes that must pass: a text is blocked only if nearer an attack by `margin`."
+    )
+    benign_file: str | None = Field(None, description="File of benign contrast examples, same format.")
+    threshold: float = Field(
+        DEFAULT_THRESHOLD, ge=-1, le=1, description="Least cosine similarity to the nearest attack example."
+    )
+    near: float | None = Field(
+        DEFAULT_NEAR,
+        ge=-1,
+        le=1,
+        description="Cosine similarity at which a text counts as a near copy of an attack example and is blocked "
+        "(if also `margin` nearer it than any benign example), whatever the contrast says; null: off.",
+    )
+    margin: float = Field(
+        DEFAULT_MARGIN,
+        ge=-2,
+        le=2,
+        description="How much nearer the nearest attack example a near copy must be than the nearest benign one.",
+    )
+    contrast: float = Field(
+        DEFAULT_CONTRAST,
+        ge=0,
+        le=1,
+        description="Least attack probability along the direction fitted to separate the attack examples from the "
+        "benign ones (without benign examples in the policy, a shipped set of ordinary requests stands in).",
+    )
+    non_latin: NonLatin = Field(
+        "lexical",
+        description="Texts mostly outside the Latin script: compared by character n-grams (lexical), or by the "
+        "model (semantic; for a multilingual model_path).",
+    )
+    lexical_threshold: float = Field(
+        DEFAULT_LEXICAL_THRESHOLD, ge=0, le=1, description="Least n-gram similarity, for non-Latin texts."
+    )
+    lexical_margin: float = Field(
+        DEFAULT_LEXICAL_MARGIN, ge=-1, le=1, description="Lead over the nearest benign example, for non-Latin texts."
+    )
+    action: Literal["block", "flag"] = Field("block", description="block: refuse; flag: record the verdict only.")
+    whole_conversation: bool = Field(
+        False,
+        description="Check every message, not only the latest turn (closes a fabricated-history bypass; "
+        "costs one embedding per message per request).",
+    )
+    max_windows: int = Field(
+        16, ge=0, le=256, description="Most sentence windows per long text (0: the whole text only)."
+    )
+    stream_check: Literal["sentence", "end"] = Field(
+        "sentence",
+        description="Streamed answers: hold each sentence until it is checked (sentence), or hold the whole "
+        "answer and check it once (end).",
+    )
+    model_path: str | None = Field(
+        None, description="sentence-transformers model folder; default: the packaged all-MiniLM-L6-v2."
+    )
+    max_batch: int = Field(32, ge=1, description="Most texts embedded in one call under load.")
+    embed_timeout_ms: int = Field(2000, ge=1, description="A slower check counts as an error (see on_error).")
+
+    @field_validator("examples_file", "benign_file")
+    @classmethod
+    def _file_exists(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"no such file: {path} (relative paths start at the gateway's working directory)")
+        return path
+
+    @model_validator(mode="after")
+    def _has_examples(self) -> EmbeddingGuardConfig:
+        if not (self.examples or self.examples_file or self.preset):
+            raise ValueError("embedding_guard needs attack examples: set examples, examples_file or preset")
+        return self

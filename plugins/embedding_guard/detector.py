@@ -1,0 +1,88 @@
+"""The example sets as matrices, and one check of a set of texts against them (sync, no I/O).
+
+The plugin and the benchmark share this: they differ only in how semantic vectors are computed (the
+batched `Embedder` off the event loop, or the model called directly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from plugins.embedding_guard.detect import (
+    LEXICAL_DIM,
+    Detection,
+    Matrix,
+    View,
+    fit_contrast,
+    lexical_vector,
+    mostly_non_latin,
+    score,
+    windows,
+)
+from plugins.embedding_guard.examples import ExampleSet
+
+NonLatin = Literal["lexical", "semantic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One piece of text to compare: a whole text or one of its sentence windows."""
+
+    text: str
+    view: View
+
+
+def _lexical_rows(texts: Sequence[str]) -> tuple[Matrix, npt.NDArray[np.intp]]:
+    rows = [i for i, text in enumerate(texts) if mostly_non_latin(text)]
+    matrix = np.zeros((len(rows), LEXICAL_DIM), dtype=np.float32)
+    for out, i in enumerate(rows):
+        matrix[out] = lexical_vector(texts[i])
+    return matrix, np.asarray(rows, dtype=np.intp)
+
+
+class Detector:
+    """Attack and benign examples, embedded once, and their contrast; `check` scores texts against them."""
+
+    def __init__(self, examples: ExampleSet, attack_vectors: Matrix, benign_vectors: Matrix) -> None:
+        self.examples = examples
+        self.attacks = np.ascontiguousarray(attack_vectors, dtype=np.float32)
+        self.benign = np.ascontiguousarray(benign_vectors, dtype=np.float32).reshape(-1, self.attacks.shape[1])
+        self.contrast = fit_contrast(self.attacks, self.benign)
+        # Only non-Latin examples can be near a non-Latin text by n-grams; the rest are left out of that view.
+        self.lexical_attacks, self._lexical_rows = _lexical_rows(examples.attacks)
+        self.lexical_benign, _ = _lexical_rows(examples.benign)
+
+    def units(self, texts: Sequence[str], max_windows: int, non_latin: NonLatin = "lexical") -> list[Unit]:
+        lexical = non_latin == "lexical" and self.lexical_attacks.shape[0] > 0
+        return [
+            Unit(piece, "lexical" if lexical and mostly_non_latin(piece) else "semantic")
+            for text in texts
+            for piece in windows(text, max_windows)
+        ]
+
+    def check(self, units: Sequence[Unit], semantic_vectors: Sequence[Matrix]) -> list[Detection]:
+        """One detection per unit; `semantic_vectors` are those of the semantic units, in order."""
+        vectors = iter(semantic_vectors)
+        out: list[Detection] = []
+        for unit in units:
+            if unit.view == "semantic":
+                out.append(score(next(vectors), self.attacks, self.benign, contrast=self.contrast))
+                continue
+            found = score(lexical_vector(unit.text), self.lexical_attacks, self.lexical_benign, "lexical")
+            if found.nearest_example_index >= 0:  # back to the row in the whole attack set
+                index = int(self._lexical_rows[found.nearest_example_index])
+                found = Detection(found.score, index, found.margin, "lexical")
+            out.append(found)
+        return out
+
+    def describe(self, detection: Detection) -> tuple[str, str]:
+        """(rule, example) for logs: where the nearest attack example comes from, and its text."""
+        index = detection.nearest_example_index
+        if index < 0:
+            return "none", ""
+        return self.examples.labels[index], self.examples.attacks[index]

@@ -105,6 +105,7 @@ GATEWAYS = {
     "gateway": "",
     "gateway + exact_cache (hit)": "[{use: exact_cache}]",
     "gateway + semantic_cache (hit)": "[{use: semantic_cache}]",
+    "gateway + pii + embedding_guard": "[{use: pii}, {use: embedding_guard, preset: prompt_injection}]",
 }
 
 
@@ -145,7 +146,7 @@ def main() -> int:
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(policy), "--port", str(port)], cwd=ROOT
             )
             try:
-                script = "post.lua" if not plugins else "fixed.lua"
+                script = "fixed.lua" if "cache" in plugins else "post.lua"
                 results[name] = measure(f"http://127.0.0.1:{port}", script, args.seconds)
             finally:
                 proc.send_signal(signal.SIGTERM)
@@ -161,6 +162,9 @@ def main() -> int:
     from bench import routing
 
     ramp = routing.run(float(os.environ.get("BENCH_RAMP_SECONDS", "6")))
+    from bench import injection
+
+    ramp += "\n## Prompt-injection guard (embedding_guard)\n\n" + injection.report()
     Path(args.output).write_text(
         report(results, clients, args.seconds, precision) + "\n## Routing under a load ramp\n\n" + ramp
     )
@@ -169,7 +173,7 @@ def main() -> int:
 
 
 def measure(url: str, script: str, seconds: int) -> dict[str, dict[str, float]]:
-    wait_http(url + "/")
+    wait_http(url + "/", timeout=120.0)
     wrk(url, 8, 2, script)  # warm-up: connection pools, caches, allocator
     result = {"c1": wrk(url, 1, seconds, script), "c64": wrk(url, 64, seconds, script)}
     print(url, script, result, flush=True)

@@ -166,6 +166,9 @@ class Proxy:
                 early, answer = replaced, replaced.body
         headers.update(ctx.response_headers)
         headers.update(early.headers)
+        error = answer.get("error") if early.status >= 400 else None
+        if isinstance(error, dict):
+            ctx.error = str(error.get("message"))  # a block or a plugin's error, for the access log
         if early.status != 200 or not ctx.stream or "choices" not in answer:
             return json_response(early.status, answer, headers)
         make = replay.chat_chunks if ctx.endpoint == "chat" else replay.text_chunks

@@ -19,9 +19,22 @@ from typing import Any, Literal
 import msgspec
 from pydantic import Field
 
-from gateway.plugin import PluginConfig, RequestContext
+from gateway import metrics
+from gateway.errors import error_body
+from gateway.plugin import PluginConfig, RequestContext, Respond
 
 Outcome = Literal["hit", "miss", "bypass", "semantic-hit"]
+HEADER = "x-gateway-cache"
+
+LOOKUPS = metrics.counter(
+    "gateway_cache_requests_total",
+    "Cache decisions: hit, miss, bypass, semantic-hit, coalesced.",
+    ("plugin", "model", "outcome"),
+)
+STORE_ERRORS = metrics.counter(
+    "gateway_cache_store_errors_total", "Cache store calls that failed or timed out.", ("plugin",)
+)
+DEGRADED = metrics.gauge("gateway_cache_degraded", "1 while a cache's shared store is unreachable.", ("plugin",))
 # Fields that never change the answer: how it is delivered, and metadata about the caller.
 NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
 
@@ -65,6 +78,33 @@ class CacheVerdict:
     reason: str | None = None
     similarity: float | None = None
     verifier: str | None = None
+
+
+def decide(
+    ctx: RequestContext,
+    plugin: str,
+    outcome: Outcome,
+    reason: str | None = None,
+    *,
+    counted_as: str | None = None,
+    similarity: float | None = None,
+    verifier: str | None = None,
+) -> None:
+    """Record a cache decision: the response header, the verdict for traces, the counter."""
+    ctx.response_headers[HEADER] = outcome
+    ctx.put(CacheVerdict(plugin, outcome, reason, similarity, verifier))
+    LOOKUPS.labels(plugin, ctx.route.name, counted_as or outcome).inc()
+
+
+def store_failed(plugin: str) -> None:
+    STORE_ERRORS.labels(plugin).inc()
+    DEGRADED.labels(plugin).set(1)
+
+
+def unavailable() -> Respond:
+    """The answer when the shared store is down and the policy says fail closed."""
+    message = "The response cache is unavailable; try again shortly."
+    return Respond(error_body(message, "server_error", None, "cache_unavailable"), status=503)
 
 
 def cache_control(headers: Mapping[str, str]) -> tuple[bool, bool]:

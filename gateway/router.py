@@ -13,13 +13,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from gateway import metrics
 from gateway.policy import ModelRoute, Policy, Target, VLLMBackend
-from gateway.routing.health import CircuitBreaker, TargetHealth, circuit_gauge_value
+from gateway.routing.health import CIRCUIT_STATE, CircuitBreaker, TargetHealth, circuit_gauge_value
 from gateway.routing.strategies import Candidate, SpeculativeLimits, order
 from gateway.routing.vllm_metrics import MetricsScraper, metrics_url_for
-
-CIRCUIT = metrics.gauge("gateway_circuit_state", "Circuit of each target: 0 closed, 1 half-open, 2 open.", ("target",))
 
 
 @dataclass(slots=True)
@@ -31,7 +28,7 @@ class Attempt:
 
     def record(self, *, ok: bool, ttft_s: float | None, total_s: float | None) -> None:
         self.health.finished(ok=ok, ttft_s=ttft_s, total_s=total_s)
-        CIRCUIT.labels(self.key).set(circuit_gauge_value(self.health.breaker.state))
+        CIRCUIT_STATE.labels(self.key).set(circuit_gauge_value(self.health.breaker.state))
 
 
 class Router:
@@ -95,7 +92,7 @@ class Router:
                 return  # every circuit refused: on to the fallbacks
             tries += 1
             if candidate.health.breaker.state == "half_open":
-                CIRCUIT.labels(candidate.key).set(circuit_gauge_value("half_open"))  # this call is the probe
+                CIRCUIT_STATE.labels(candidate.key).set(circuit_gauge_value("half_open"))  # this call is the probe
             yield Attempt(route, pool[candidate.key][1], candidate.health, candidate.key)
 
 

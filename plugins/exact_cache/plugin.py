@@ -8,19 +8,20 @@ from typing import Any
 import msgspec
 from pydantic import Field
 
-from gateway import metrics
 from gateway.caching import (
+    DEGRADED,
     CacheConfig,
-    CacheVerdict,
     Outcome,
     applies,
     assemble,
     bypass_reason,
     cache_control,
+    decide,
     fingerprint,
     storable,
+    store_failed,
+    unavailable,
 )
-from gateway.errors import error_body
 from gateway.plugin import (
     CONTINUE,
     Plugin,
@@ -34,18 +35,7 @@ from gateway.redis_link import RedisLink, RedisUnavailable
 from plugins.exact_cache.stores import AnswerStore, MemoryStore, RedisStore
 
 log = logging.getLogger("gateway.exact_cache")
-HEADER = "x-gateway-cache"
 COALESCED = "coalesced with an identical request in flight"
-
-LOOKUPS = metrics.counter(
-    "gateway_cache_requests_total",
-    "Cache decisions: hit, miss, bypass, semantic-hit, coalesced.",
-    ("plugin", "model", "outcome"),
-)
-STORE_ERRORS = metrics.counter(
-    "gateway_cache_store_errors_total", "Cache store calls that failed or timed out.", ("plugin",)
-)
-DEGRADED = metrics.gauge("gateway_cache_degraded", "1 while a cache's shared store is unreachable.", ("plugin",))
 
 
 class ExactCacheConfig(CacheConfig):
@@ -101,9 +91,7 @@ class ExactCache(Plugin):
         return Readiness(self.config.fail_open, f"redis unreachable, {mode}: {self.link.last_error}", degraded=True)
 
     def _decide(self, ctx: RequestContext, outcome: Outcome, reason: str | None = None) -> None:
-        ctx.response_headers[HEADER] = outcome
-        ctx.put(CacheVerdict(self.name, outcome, reason))
-        LOOKUPS.labels(self.name, ctx.route.name, "coalesced" if reason == COALESCED else outcome).inc()
+        decide(ctx, self.name, outcome, reason, counted_as="coalesced" if reason == COALESCED else None)
 
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
         if not applies(ctx, self.config):
@@ -149,17 +137,13 @@ class ExactCache(Plugin):
         return Respond(msgspec.json.decode(answer))  # each waiter gets its own copy to transform
 
     def _store_down(self, ctx: RequestContext, pending: _Pending, error: str) -> RequestDecision:
-        STORE_ERRORS.labels(self.name).inc()
-        DEGRADED.labels(self.name).set(1)
+        store_failed(self.name)
         pending.store = False
         self._decide(ctx, "bypass", "store unavailable")
         if self.config.fail_open:
             return CONTINUE
         log.warning("request %s: cache store unavailable, failing closed: %s", ctx.request_id, error)
-        body = error_body(
-            "The response cache is unavailable; try again shortly.", "server_error", None, "cache_unavailable"
-        )
-        return Respond(body, status=503)
+        return unavailable()
 
     async def on_response(self, ctx: RequestContext, completion: dict[str, Any]) -> RequestDecision:
         pending = ctx.get(_Pending)
@@ -197,8 +181,7 @@ class ExactCache(Plugin):
                 if self.link is not None:
                     DEGRADED.labels(self.name).set(0)
             except RedisUnavailable:
-                STORE_ERRORS.labels(self.name).inc()
-                DEGRADED.labels(self.name).set(1)
+                store_failed(self.name)
         self._release(pending, encoded)
 
     def _release(self, pending: _Pending, answer: bytes | None) -> None:

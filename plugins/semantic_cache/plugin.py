@@ -12,18 +12,20 @@ from pydantic import Field
 
 from gateway import metrics
 from gateway.caching import (
+    DEGRADED,
     CacheConfig,
-    CacheVerdict,
     Outcome,
     applies,
     assemble,
     bypass_reason,
     cache_control,
+    decide,
     fingerprint,
     storable,
+    store_failed,
+    unavailable,
 )
 from gateway.embeddings import Embedder, EmbedderError, Vector
-from gateway.errors import error_body
 from gateway.plugin import CONTINUE, Plugin, Readiness, RequestContext, RequestDecision, Respond, StreamDecision
 from gateway.redis_link import RedisLink, RedisUnavailable
 from plugins.semantic_cache.index import Entry, SemanticIndex
@@ -31,22 +33,12 @@ from plugins.semantic_cache.shared import SharedEntries
 from plugins.semantic_cache.verify import Strictness, verify
 
 log = logging.getLogger("gateway.semantic_cache")
-HEADER = "x-gateway-cache"
 
-LOOKUPS = metrics.counter(
-    "gateway_cache_requests_total",
-    "Cache decisions: hit, miss, bypass, semantic-hit, coalesced.",
-    ("plugin", "model", "outcome"),
-)
 VERIFIER = metrics.counter(
     "gateway_semantic_cache_verifier_total",
     "Candidates above the similarity threshold, by the verifier's verdict.",
     ("model", "verdict"),
 )
-STORE_ERRORS = metrics.counter(
-    "gateway_cache_store_errors_total", "Cache store calls that failed or timed out.", ("plugin",)
-)
-DEGRADED = metrics.gauge("gateway_cache_degraded", "1 while a cache's shared store is unreachable.", ("plugin",))
 SIMILARITY = metrics.histogram(
     "gateway_semantic_cache_similarity",
     "Similarity of the best candidate found for a request.",
@@ -144,9 +136,7 @@ class SemanticCache(Plugin):
             self.index.add(entry, vector)
 
     def _decide(self, ctx: RequestContext, outcome: Outcome, reason: str | None = None, **extra: Any) -> None:
-        ctx.response_headers[HEADER] = outcome
-        ctx.put(CacheVerdict(self.name, outcome, reason, **extra))
-        LOOKUPS.labels(self.name, ctx.route.name, outcome).inc()
+        decide(ctx, self.name, outcome, reason, **extra)
 
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
         if not applies(ctx, self.config):
@@ -185,8 +175,7 @@ class SemanticCache(Plugin):
         """Redis is down and the policy says fail closed."""
         pending.store = False
         self._decide(ctx, "bypass", "store unavailable")
-        message = "The semantic cache is unavailable; try again shortly."
-        return Respond(error_body(message, "server_error", None, "cache_unavailable"), status=503)
+        return unavailable()
 
     async def _lookup(self, ctx: RequestContext, pending: _Pending) -> RequestDecision:
         assert self.index is not None and pending.vector is not None
@@ -205,8 +194,7 @@ class SemanticCache(Plugin):
                 try:
                     answer = await self.shared.answer(entry.id)
                 except RedisUnavailable:
-                    STORE_ERRORS.labels(self.name).inc()
-                    DEGRADED.labels(self.name).set(1)
+                    store_failed(self.name)
                     if not self.config.fail_open:
                         return self._unavailable(ctx, pending)
                     pending.store = False
@@ -255,8 +243,7 @@ class SemanticCache(Plugin):
             await self.shared.publish(entry, pending.vector, encoded, self.config.ttl_s)
         except RedisUnavailable as exc:
             # Not cached this time: other replicas could not serve it either.
-            STORE_ERRORS.labels(self.name).inc()
-            DEGRADED.labels(self.name).set(1)
+            store_failed(self.name)
             log.warning("semantic cache: storing an answer in Redis failed: %s", exc)
             return
         DEGRADED.labels(self.name).set(0)

@@ -108,6 +108,9 @@ class RequestContext:
     usage: dict[str, Any] | None = None
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
+    # The request's server span (hex), when tracing sampled it: links the request log and feedback to the trace.
+    trace_id: str | None = None
+    span_id: str | None = None
     state: dict[type[Any], Any] = field(default_factory=dict)
     # Checks a plugin started in on_request that run alongside the upstream call (an LLM judge):
     # each resolves to None (pass) or a Respond; the first Respond cancels the upstream call and

@@ -3,13 +3,18 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+GR_VENV := .venv-guardrails
+GR_STAMP := $(GR_VENV)/.installed
+LOCAL_CACHE ?= $(HOME)/.cache/llm-gateway
+PHOENIX_VENV ?= $(LOCAL_CACHE)/venv-phoenix
+PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
 PORT ?= 8080
 CONFIG ?= policies/default.yaml
 
-.PHONY: install system-deps run test lint format bench schema clean help
+.PHONY: install guardrails-venv system-deps run test lint format bench schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 install: $(STAMP)  ## create .venv with the `gateway` command and the test tools
 
@@ -21,10 +26,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-system-deps:  ## redis-server for the tests, wrk and nginx for the benchmarks (apt, when missing)
+guardrails-venv: $(GR_STAMP)  ## .venv-guardrails: guardrails-ai for the guardrails_ai plugin's worker (apart: it pins older openai)
+
+$(GR_STAMP): plugins/guardrails_ai/requirements.txt
+	@test -x $(GR_VENV)/bin/python || $(PYTHON) -m venv $(GR_VENV)
+	$(GR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GR_VENV)/bin/python -m pip install --quiet -r plugins/guardrails_ai/requirements.txt
+	@touch $(GR_STAMP)
+
+system-deps:  ## redis-server, postgresql and prometheus for the tests, wrk and nginx for the benchmarks (apt, when missing)
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -40,7 +55,7 @@ system-deps:  ## redis-server for the tests, wrk and nginx for the benchmarks (a
 run: install  ## start the gateway on $(PORT) with the embedded default policy
 	PORT=$(PORT) $(BIN)/gateway serve --config $(CONFIG)
 
-test: install system-deps  ## run the whole test suite
+test: install system-deps guardrails-venv  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 lint: install  ## ruff and mypy --strict
@@ -55,8 +70,34 @@ format: install
 schema: install  ## regenerate schema/policy.schema.json
 	$(BIN)/gateway schema -o schema/policy.schema.json
 
-bench: install system-deps  ## benchmarks; results go to docs/benchmarks.md
+SOAK_MINUTES ?= 2
+bench: install system-deps  ## benchmarks -> docs/benchmarks.md; a SOAK_MINUTES soak -> docs/reliability.md
 	$(BIN)/python -m bench.run
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
+
+local-models: install  ## two vLLM servers for Gemma 3 270M on :8000 and :8001 (speculative), on this CPU
+	$(BIN)/python deploy/local/local_models.py up
+
+local-models-down:  ## stop the servers `make local-models` started
+	@test -x $(BIN)/python || { echo "no $(BIN): nothing was started"; exit 0; }; \
+		$(BIN)/python deploy/local/local_models.py down
+
+phoenix-venv: $(PHOENIX_STAMP)  ## Arize Phoenix in its own venv under ~/.cache/llm-gateway (~850 MB, built once)
+
+$(PHOENIX_STAMP):
+	@test -x $(PHOENIX_VENV)/bin/python || $(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet 'arize-phoenix>=20,<21'
+	@touch $(PHOENIX_STAMP)
+
+phoenix: phoenix-venv  ## Arize Phoenix on http://127.0.0.1:6006 (traces: telemetry.otlp_endpoint there)
+	PHOENIX_WORKING_DIR=$(CURDIR)/.phoenix $(PHOENIX_VENV)/bin/phoenix serve
+
+test-phoenix: install phoenix-venv  ## the Phoenix recipe's test (apart from `make test`: big venv, slow start; .ci/run runs it)
+	PHOENIX_VENV=$(PHOENIX_VENV) $(BIN)/python -m pytest -q -m phoenix tests/observability/test_phoenix_recipe.py
+
+e2e: install local-models  ## real vLLM behind the gateway (leaves the local models running)
+	$(BIN)/python -m pytest -q -m e2e tests/e2e
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .bench
+	rm -rf $(VENV) $(GR_VENV) .mypy_cache .ruff_cache .bench

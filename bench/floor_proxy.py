@@ -1,4 +1,7 @@
-"""The floor: a bare aiohttp pass-through proxy, the fastest a Python proxy gets on this machine."""
+"""The floor: a bare aiohttp pass-through proxy, the fastest a Python proxy gets on this machine.
+
+Streams (text/event-stream) are relayed read by read, so they are a floor for stream delays too.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +20,18 @@ def make_app(upstream: str) -> web.Application:
     async def cleanup(app: web.Application) -> None:
         await session["s"].close()
 
-    async def proxy(request: web.Request) -> web.Response:
+    async def proxy(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         async with session["s"].post(
             upstream + request.path, data=body, headers={"content-type": "application/json"}
         ) as resp:
+            if resp.content_type == "text/event-stream":  # relayed as it arrives, never buffered
+                out = web.StreamResponse(status=resp.status, headers={"content-type": "text/event-stream"})
+                await out.prepare(request)
+                async for part in resp.content.iter_any():
+                    await out.write(part)
+                await out.write_eof()
+                return out
             data = await resp.read()
             return web.Response(body=data, status=resp.status, content_type="application/json")
 

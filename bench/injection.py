@@ -6,21 +6,24 @@ differently from the preset), or a benign one: a *look-alike* (kind ``lookalike*
 the text and, when long, its sentences; non-Latin texts by n-grams; the model for the rest; `decide` on the
 strongest unit), against the preset embedded with the packaged all-MiniLM-L6-v2.
 
-The split was fixed before any tuning. ``recommend()`` picks the shipped defaults on the tune split only: the most
-attacks blocked with at most MAX_TUNE_LOOKALIKE of the look-alikes blocked, then the fewest benign texts blocked,
-then the highest thresholds. It searches the contrast rule (cosine floor + fitted contrast, no margin);
-``recommend(family="margin")`` searches the nearest-example margin rule instead, shown as the baseline.
+The split was fixed before any tuning (items added later were assigned by a hash of their text). ``recommend()``
+picks the shipped defaults on the tune split only: among the settings that block at most MAX_TUNE_LOOKALIKE of the
+look-alikes, those within TOLERANCE of the most attacks blocked (0: the most), and of these the most cautious one
+(fewest benign blocked, then the largest vote, margin, contrast, near-copy cosine, threshold). It searches the
+semantic rules first (cosine floor x fitted contrast x kNN vote; the near-copy rule is fixed, see NEARS), then the
+non-Latin n-gram rule. ``recommend(family="margin")`` searches the nearest-example margin rule alone, the baseline.
+
+No test item may be a copy or near copy of a preset line (``near_copies``): the report says so, and the test suite
+asserts it.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
+import math
 import os
-import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from plugins.embedding_guard import config as defaults
-from plugins.embedding_guard.detect import Detection, Matrix, decide, strongest
+from plugins.embedding_guard.detect import Detection, Matrix, decide, lexical_vector, mostly_non_latin, strongest
 from plugins.embedding_guard.detector import Detector, Unit
 from plugins.embedding_guard.examples import collect
 
@@ -41,11 +44,26 @@ ITEMS = Path(__file__).resolve().parent.parent / "tests" / "plugins" / "injectio
 SPLITS = ("tune", "test")
 MIN_ATTACKS_BLOCKED = 0.90  # the product target, on the test split...
 MAX_LOOKALIKES_BLOCKED = 0.10  # ...and at most this share of benign look-alikes blocked
-MAX_TUNE_LOOKALIKE = 0.05  # tuning asks for more headroom than the target
+MAX_TUNE_LOOKALIKE = 0.02  # headroom: look-alike rates rose by up to 10 points from the tune to the test split
+# Settings within this share of the best attack rate on the tune split count as equally good. 0: the most attacks
+# blocked wins, caution only breaks ties (0.03 chose contrast 0.9, which let an injection appended to a short
+# web page through: tests/plugins/test_embedding_guard.py).
+TOLERANCE = 0.0
 MAX_WINDOWS = 16
-THRESHOLDS = (0.0, 0.10, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
-CONTRASTS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MARGINS = (-0.04, -0.02, 0.0, 0.02, 0.04, 0.06, 0.08, 0.10)  # the baseline: nearest-example margin, no contrast
+THRESHOLDS = (0.0, 0.20, 0.30, 0.35, 0.40, 0.45, 0.50)
+CONTRASTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# The near-copy rule is for near copies and is not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence at about
+# 0.7. Searching it too (a cosine of 0.45 with a slim margin is a 1-nearest-neighbour vote) fits the tune split and
+# fails on new wordings; with five knobs on about a hundred tune attacks, the pick swung with every preset edit.
+NEARS = (0.70,)
+MARGINS = (0.10,)
+VOTES = (None, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.15)
+BASELINE_NEARS = (0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60)
+BASELINE_MARGINS = (-0.04, -0.02, 0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
+# A test item is a near copy of a preset line when their character n-grams are this alike, or (Latin script, where
+# the model can read them) their embeddings are.
+NEAR_COPY_LEXICAL = 0.80
+NEAR_COPY_COSINE = 0.93
 LEXICAL_THRESHOLDS = (0.15, 0.20, 0.25, 0.30, 0.35)
 LEXICAL_MARGINS = (0.0, 0.05, 0.10, 0.15)
 
@@ -69,6 +87,7 @@ class Setting:
     contrast: float = defaults.DEFAULT_CONTRAST
     near: float | None = defaults.DEFAULT_NEAR
     margin: float = defaults.DEFAULT_MARGIN
+    vote: float | None = defaults.DEFAULT_VOTE
     lexical_threshold: float = defaults.DEFAULT_LEXICAL_THRESHOLD
     lexical_margin: float = defaults.DEFAULT_LEXICAL_MARGIN
 
@@ -114,19 +133,21 @@ def load_items(path: Path = ITEMS) -> list[Item]:
 
 @lru_cache(maxsize=1)
 def load_model() -> SentenceTransformer:
-    """The packaged all-MiniLM-L6-v2, offline (never downloads)."""
+    """The packaged all-MiniLM-L6-v2, offline (never downloads), in the dtype the plugin's embedder uses."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gateway.embeddings import embedding_dtype
     from gateway.embeddings import load_model as load
 
-    model: SentenceTransformer = load(None)
+    model: SentenceTransformer = load(None, embedding_dtype())
     return model
 
 
 def encode(texts: list[str]) -> Matrix:
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    vectors = load_model().encode(texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    tensor = load_model().encode(texts, batch_size=64, convert_to_tensor=True)
+    vectors = tensor.float().numpy()  # as gateway.embeddings does: normalised in float32
+    return np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), dtype=np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -169,11 +190,14 @@ class _Table:
     score: npt.NDArray[np.float64]
     margin: npt.NDArray[np.float64]
     likelihood: npt.NDArray[np.float64]
+    vote: npt.NDArray[np.float64]
 
     def blocked(self, setting: Setting) -> npt.NDArray[np.bool_]:
         semantic = (self.score >= setting.threshold) & (self.likelihood >= setting.contrast)
         if setting.near is not None:
             semantic |= (self.score >= setting.near) & (self.margin >= setting.margin)
+        if setting.vote is not None:
+            semantic |= self.vote >= setting.vote
         lexical = (self.score >= setting.lexical_threshold) & (self.margin >= setting.lexical_margin)
         hit = np.where(self.lexical, lexical, semantic)
         out = np.zeros(len(self.items), dtype=bool)
@@ -181,8 +205,12 @@ class _Table:
         return out
 
 
-def _table(scored: tuple[Scored, ...], split: str, kind: str) -> _Table:
-    rows = [s for s in scored if s.item.split == split and (not kind or s.item.kind == kind)]
+def _table(scored: tuple[Scored, ...], split: str, kind: str, lang: str) -> _Table:
+    rows = [
+        s
+        for s in scored
+        if s.item.split == split and (not kind or s.item.kind == kind) and (not lang or s.item.lang == lang)
+    ]
     units = [(n, d) for n, s in enumerate(rows) for d in s.detections]
     return _Table(
         tuple(s.item for s in rows),
@@ -191,16 +219,17 @@ def _table(scored: tuple[Scored, ...], split: str, kind: str) -> _Table:
         np.array([d.score for _, d in units], dtype=np.float64),
         np.array([d.margin for _, d in units], dtype=np.float64),
         np.array([d.likelihood for _, d in units], dtype=np.float64),
+        np.array([d.vote for _, d in units], dtype=np.float64),
     )
 
 
-_tables: dict[tuple[int, str, str], _Table] = {}
+_tables: dict[tuple[int, str, str, str], _Table] = {}
 
 
-def figures(scored: tuple[Scored, ...], split: str, setting: Setting, kind: str = "") -> Figures:
-    key = (id(scored), split, kind)
+def figures(scored: tuple[Scored, ...], split: str, setting: Setting, kind: str = "", lang: str = "") -> Figures:
+    key = (id(scored), split, kind, lang)
     if key not in _tables:
-        _tables[key] = _table(scored, split, kind)
+        _tables[key] = _table(scored, split, kind, lang)
     table = _tables[key]
     hits = list(zip(table.items, table.blocked(setting).tolist(), strict=True))
     return Figures(
@@ -213,113 +242,84 @@ def figures(scored: tuple[Scored, ...], split: str, setting: Setting, kind: str 
     )
 
 
+def _pick(scored: tuple[Scored, ...], settings: list[Setting]) -> Setting:
+    """Within the look-alike cap, the most cautious of the settings within TOLERANCE of the best attack rate."""
+    allowed = []
+    for setting in settings:
+        f = figures(scored, "tune", setting)
+        if f.lookalike_rate <= MAX_TUNE_LOOKALIKE:
+            allowed.append((f, setting))
+    if not allowed:
+        raise RuntimeError("no setting keeps look-alikes within the tune target")
+    best = max(f.attack_rate for f, _ in allowed)
+    close = [(f, s) for f, s in allowed if f.attack_rate >= best - TOLERANCE - 1e-9]
+
+    def caution(pair: tuple[Figures, Setting]) -> tuple[float, ...]:
+        f, s = pair
+        vote = math.inf if s.vote is None else s.vote
+        return (
+            -f.benign_rate,
+            vote,
+            s.margin,
+            s.contrast,
+            s.near or 0.0,
+            s.threshold,
+            s.lexical_margin,
+            s.lexical_threshold,
+        )
+
+    return max(close, key=caution)[1]
+
+
 def recommend(scored: tuple[Scored, ...] | None = None, family: str = "contrast") -> Setting:
     """The setting chosen on the tune split only (see the module docstring).
 
-    family "contrast" (shipped): threshold and contrast searched, the near-copy rule at its fixed defaults.
+    family "contrast" (shipped): threshold and contrast searched with the near-copy cosine and margin.
     family "margin" (the baseline): the nearest-example rule alone, its cosine and margin searched.
     """
     scored = scored if scored is not None else score_all()
     if family == "contrast":
-        semantic = [Setting(threshold=t, contrast=c) for t in THRESHOLDS for c in CONTRASTS]
-    else:  # no contrast arm: a cosine above 1 is never reached
-        semantic = [Setting(threshold=2.0, contrast=1.0, near=t, margin=m) for t in THRESHOLDS for m in MARGINS]
-    candidates = []
-    for base, lexical_threshold, lexical_margin in itertools.product(semantic, LEXICAL_THRESHOLDS, LEXICAL_MARGINS):
-        setting = replace(base, lexical_threshold=lexical_threshold, lexical_margin=lexical_margin)
-        f = figures(scored, "tune", setting)
-        if f.lookalike_rate <= MAX_TUNE_LOOKALIKE:
-            safety = (setting.contrast, setting.margin, setting.threshold, setting.near or 0.0)
-            rank = (f.attack_rate, -f.benign_rate, *safety, lexical_margin, lexical_threshold)
-            candidates.append((rank, setting))
-    if not candidates:
-        raise RuntimeError("no setting keeps look-alikes within the tune target")
-    return max(candidates, key=lambda c: c[0])[1]
+        grid = itertools.product(THRESHOLDS, CONTRASTS, NEARS, MARGINS, VOTES)
+        semantic = [Setting(threshold=t, contrast=c, near=n, margin=m, vote=v) for t, c, n, m, v in grid]
+    else:  # no contrast or vote arm: a cosine above 1 is never reached
+        semantic = [
+            Setting(threshold=2.0, contrast=1.0, near=n, margin=m, vote=None)
+            for n in BASELINE_NEARS
+            for m in BASELINE_MARGINS
+        ]
+    chosen = _pick(scored, semantic)  # Latin texts; the n-gram rule decides the rest
+    lexical = itertools.product(LEXICAL_THRESHOLDS, LEXICAL_MARGINS)
+    return _pick(scored, [replace(chosen, lexical_threshold=t, lexical_margin=m) for t, m in lexical])
 
 
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * Figures.rate(part, whole):.1f}% ({part}/{whole})"
-
-
-def _latency(scored: tuple[Scored, ...]) -> str:
-    parts = []
-    for label, rows in (
-        ("short texts (one unit)", [s for s in scored if len(s.units) == 1]),
-        ("long texts (with sentence windows)", [s for s in scored if len(s.units) > 1]),
-    ):
-        if rows:
-            ms = np.array([s.seconds * 1000 for s in rows])
-            units = np.mean([len(s.units) for s in rows])
-            parts.append(
-                f"{label}: median {np.median(ms):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms "
-                f"({len(rows)} texts, {units:.1f} units each)"
-            )
-    return "; ".join(parts)
-
-
-def _describe(setting: Setting) -> str:
-    return (
-        f"cosine >= {setting.near} and margin >= {setting.margin:+.2f} (near copy), or cosine >= "
-        f"{setting.threshold:.2f} and contrast >= {setting.contrast:.2f}; non-Latin: n-gram similarity >= "
-        f"{setting.lexical_threshold:.2f}, margin >= {setting.lexical_margin:+.2f}"
-    )
+def near_copies(
+    lexical: float = NEAR_COPY_LEXICAL, cosine: float = NEAR_COPY_COSINE
+) -> list[tuple[Item, str, float, float]]:
+    """Eval items (either split) that copy a preset line, attack or benign: (item, line, n-gram sim, cosine)."""
+    guard = detector()
+    lines = [*guard.examples.attacks, *guard.examples.benign]
+    line_vectors = np.vstack([guard.attacks, guard.benign])
+    line_grams = np.vstack([lexical_vector(line) for line in lines])
+    items = load_items()
+    vectors = encode([i.text for i in items])
+    out = []
+    for item, vector in zip(items, vectors, strict=True):
+        grams = line_grams @ lexical_vector(item.text)
+        cosines = line_vectors @ vector
+        if not mostly_non_latin(item.text):
+            cosines_hit = np.flatnonzero(cosines >= cosine)
+        else:  # the model cannot read it: every Korean text is "close" to every other one
+            cosines_hit = np.zeros(0, dtype=np.intp)
+        for row in sorted({*np.flatnonzero(grams >= lexical).tolist(), *cosines_hit.tolist()}):
+            out.append((item, lines[row], float(grams[row]), float(cosines[row])))
+    return out
 
 
 def report() -> str:
-    scored = score_all()
-    shipped, chosen, baseline = Setting(), recommend(scored), recommend(scored, "margin")
-    counts = Counter((s.item.split, s.item.attack) for s in scored)
-    guard = detector()
-    lines = [
-        "### embedding_guard: prompt_injection preset (all-MiniLM-L6-v2, n-grams for non-Latin text)",
-        "",
-        f"{len(scored)} labelled texts ({ITEMS.name}); tune: {counts['tune', True]} attacks / {counts['tune', False]} "
-        f"benign, test: {counts['test', True]} / {counts['test', False]}. Preset: {len(guard.examples.attacks)} attack "
-        f"and {len(guard.examples.benign)} benign examples. Target on the test split: >= "
-        f"{100 * MIN_ATTACKS_BLOCKED:.0f}% of attacks blocked, <= {100 * MAX_LOOKALIKES_BLOCKED:.0f}% of look-alikes.",
-        "",
-        f"Shipped defaults: {_describe(shipped)}. recommend() on the tune split "
-        f"{'agrees' if chosen == shipped else 'DIFFERS: ' + _describe(chosen)}. Baseline, the nearest-example margin "
-        f"alone tuned the same way: cosine >= {baseline.near}, margin >= {baseline.margin:+.2f}.",
-        "",
-        "| rule | split | attacks blocked | look-alikes blocked | all benign blocked |",
-        "|---|---|---|---|---|",
-    ]
-    for name, setting in (("shipped", shipped), ("baseline (margin only)", baseline)):
-        for split in SPLITS:
-            f = figures(scored, split, setting)
-            lines.append(
-                f"| {name} | {split} | {_pct(f.attacks_blocked, f.attacks)} | "
-                f"{_pct(f.lookalikes_blocked, f.lookalikes)} | {_pct(f.benign_blocked, f.benign)} |"
-            )
-    lines += ["", "By kind, shipped defaults (blocked / texts):", "", "| kind | tune | test |", "|---|---|---|"]
-    for kind in sorted({s.item.kind for s in scored}):
-        cells = []
-        for split in SPLITS:
-            f = figures(scored, split, shipped, kind)
-            cells.append(f"{f.attacks_blocked + f.benign_blocked}/{f.attacks + f.benign}")
-        lines.append(f"| {kind} | {' | '.join(cells)} |")
-    lines += [
-        "",
-        "Cosine floor x contrast, near-copy and non-Latin rules at their defaults: attacks blocked - look-alikes "
-        "blocked, % (tune / test).",
-        "",
-        "| threshold | " + " | ".join(f"contrast {c:.1f}" for c in CONTRASTS) + " |",
-        "|---|" + "---|" * len(CONTRASTS),
-    ]
-    for threshold in THRESHOLDS:
-        cells = []
-        for contrast in CONTRASTS:
-            setting = replace(shipped, threshold=threshold, contrast=contrast)
-            tune, test = (figures(scored, split, setting) for split in SPLITS)
-            cell = (
-                f"{100 * tune.attack_rate:.0f}-{100 * tune.lookalike_rate:.0f} / "
-                f"{100 * test.attack_rate:.0f}-{100 * test.lookalike_rate:.0f}"
-            )
-            cells.append(f"**{cell}**" if setting == shipped else cell)
-        lines.append(f"| {threshold:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", f"Latency per check (one text alone, model on CPU, this machine): {_latency(scored)}."]
-    return "\n".join(lines) + "\n"
+    """The markdown section `make bench` adds to docs/benchmarks.md (bench/injection_report.py)."""
+    from bench.injection_report import render
+
+    return render()
 
 
 def misjudged(split: str, setting: Setting | None = None) -> list[tuple[Item, Detection]]:
@@ -334,18 +334,7 @@ def misjudged(split: str, setting: Setting | None = None) -> list[tuple[Item, De
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--output", type=Path, help="also write the markdown table to this file")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    text = report()
-    sys.stdout.write(text)
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    print(f"\n({time.perf_counter() - start:.1f} s)", file=sys.stderr)
-    return 0
-
-
 if __name__ == "__main__":
+    from bench.injection_report import main
+
     raise SystemExit(main())

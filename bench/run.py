@@ -1,241 +1,191 @@
 """`make bench`: nginx (fixed answer) vs the bare aiohttp proxy (floor) vs the gateway, same run.
 
-Writes docs/benchmarks.md. Figures are ratios to the floor measured in the same run, because
-these machines are shared and noisy.
+Writes docs/benchmarks.md and docs/benchmarks.png. Figures are ratios to the floor measured in the same
+run, because these machines are shared and noisy. `--quick` measures only the proxy rows and streams.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bench import transport
+from bench import chart, report, streaming, transport
+from bench.load import Result, measure
+from bench.procs import ROOT, free_port, start_gateway, start_module, start_nginx, stop, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
-ANSWER = (
-    '{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,'
-    '"message":{"role":"assistant","content":"fixed answer"},"finish_reason":"stop"}],'
-    '"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    plugins: str = "[]"  # the `bench` model's plugins, YAML flow style
+    script: str = "post.lua"  # post.lua: a unique prompt per request (caches miss); fixed.lua: one prompt
+    workers: int = 1
+    typical: bool = False  # tracing to the sink and the access log on, as a deployment would run it
+    quick: bool = False  # part of --quick
+
+
+RULES = (
+    "{use: rules, rules: [{name: phrase, keywords: [forbidden phrase, internal only]}, "
+    "{name: api-key, pattern: 'sk-[A-Za-z0-9]{20,}'}]}"
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def variants(rag: str | None = None) -> list[Variant]:
+    """What `make bench` measures; `rag`: the rag plugin's entry for the heavy chain (`rag_entry`)."""
+    heavy = "[{use: semantic_cache}, {use: pii}" + (f", {rag}" if rag else "") + "]"
+    return [
+        Variant("gateway", quick=True),
+        Variant("gateway, 2 workers", workers=2, quick=True),
+        Variant("exact_cache (miss) + rules", f"[{{use: exact_cache}}, {RULES}]"),
+        Variant("typical: exact_cache (miss) + rules + tracing", f"[{{use: exact_cache}}, {RULES}]", typical=True),
+        Variant("heavy: semantic_cache (miss) + pii" + (" + rag" if rag else ""), heavy),
+        Variant("gateway + exact_cache (hit)", "[{use: exact_cache}]", script="fixed.lua"),
+        Variant("gateway + semantic_cache (hit)", "[{use: semantic_cache}]", script="fixed.lua"),
+        Variant("gateway + pii + embedding_guard", "[{use: pii}, {use: embedding_guard, preset: prompt_injection}]"),
+    ]
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers, even if with an error status
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+def tracing_supported() -> bool:
+    from gateway.policy import Telemetry
+
+    return "otlp_endpoint" in Telemetry.model_fields
 
 
-def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        f"""daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/nginx.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {workdir}; proxy_temp_path {workdir};
-  fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; default_type application/json;
-    location / {{ return 200 '{ANSWER}'; }} }} }}
-"""
-    )
-    return subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)])
+def overhead_header_supported() -> bool:
+    from gateway.policy import Telemetry
+
+    return "overhead_header" in Telemetry.model_fields
 
 
-def wrk(url: str, connections: int, seconds: int, script: str = "post.lua") -> dict[str, float]:
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{min(connections, 2)}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(ROOT / "bench" / script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    lat = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
-    return {
-        "rps": rps,
-        "p50": lat.get("50", 0.0),
-        "p99": lat.get("99", 0.0),
-        "errors": float(errors.group(1)) if errors else 0.0,
-    }
+def rag_entry(workdir: Path) -> str | None:
+    """The rag plugin over an index of some of this repository's docs (built here), once the plugin exists."""
+    from gateway import registry
+
+    if "rag" not in registry.available():
+        return None
+    index = workdir / "rag-index"
+    docs = [str(ROOT / "docs" / name) for name in ("architecture.md", "caching.md", "routing.md", "guards.md")]
+    command = ["rag", "ingest", "--index", str(index), "--no-progress", *docs]
+    subprocess.run([sys.executable, "-m", "gateway.cli", *command], cwd=ROOT, check=True, capture_output=True)
+    return f"{{use: rag, index: '{index}'}}"
 
 
-def _ms(value: str) -> float:
-    number = float(re.match(r"[\d.]+", value).group(0))  # type: ignore[union-attr]
-    if value.endswith("us"):
-        return number / 1000
-    if value.endswith("ms"):
-        return number
-    return number * 1000 if value.endswith("s") else number
-
-
-GATEWAYS = {
-    "gateway": "",
-    "gateway + exact_cache (hit)": "[{use: exact_cache}]",
-    "gateway + semantic_cache (hit)": "[{use: semantic_cache}]",
-    "gateway + pii + embedding_guard": "[{use: pii}, {use: embedding_guard, preset: prompt_injection}]",
-}
-
-
-def gateway_policy(upstream: str, plugins: str) -> str:
+def gateway_policy(upstream: str, stream_upstream: str, variant: Variant, sink: str) -> str:
+    telemetry = "access_log: false, log_level: warning"
+    if variant.typical:
+        telemetry = "access_log: true, log_level: info"
+        if tracing_supported():
+            telemetry += f", otlp_endpoint: '{sink}', sample_ratio: 1.0"  # the exporter adds /v1/traces
+    if overhead_header_supported():
+        telemetry += ", overhead_header: true"
     return (
-        f"backends: [{{name: nginx, type: openai, base_url: '{upstream}/v1'}}]\n"
-        f"models: [{{name: bench, targets: [{{backend: nginx, model: bench}}], plugins: {plugins or '[]'}}}]\n"
-        "telemetry: {access_log: false, log_level: warning}\n"
+        f"backends: [{{name: nginx, type: openai, base_url: '{upstream}/v1'}},\n"
+        f"  {{name: stream, type: openai, base_url: '{stream_upstream}/v1'}}]\n"
+        f"models: [{{name: bench, targets: [{{backend: nginx, model: bench}}], plugins: {variant.plugins}}},\n"
+        "  {name: stream, targets: [{backend: stream, model: stream}]}]\n"
+        f"telemetry: {{{telemetry}}}\n"
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "8")))
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "6")))
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--quick", action="store_true", help="proxy rows and streams only; print, write nothing")
     args = parser.parse_args()
     if not shutil.which("wrk") or not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
         print("make bench needs wrk and nginx: apt-get install -y wrk nginx-light", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-    nginx_port, floor_port = free_port(), free_port()
-    upstream = f"http://127.0.0.1:{nginx_port}"
-    procs = [start_nginx(workdir, nginx_port)]
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream, "--port", str(floor_port)], cwd=ROOT
-        )
-    )
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    ports = {name: free_port() for name in ("nginx", "floor", "stream", "stream_floor", "sink")}
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    procs = [
+        start_nginx(workdir, ports["nginx"]),
+        start_module("bench.floor_proxy", "--upstream", url["nginx"], "--port", str(ports["floor"])),
+        start_module("bench.streaming", "--port", str(ports["stream"])),
+        start_module("bench.floor_proxy", "--upstream", url["stream"], "--port", str(ports["stream_floor"])),
+        start_module("bench.otlp_sink", "--port", str(ports["sink"])),
+    ]
+    results: dict[str, Result] = {}
+    streams: dict[str, dict[str, float]] = {}
+    extra: dict[str, Any] = {"tracing": tracing_supported()}
     try:
-        for name, port in (("nginx", nginx_port), ("floor", floor_port)):
-            results[name] = measure(f"http://127.0.0.1:{port}", "post.lua", args.seconds)
-        for name, plugins in GATEWAYS.items():
+        extra["rag"] = None if args.quick else rag_entry(workdir)
+        results["nginx"] = measure(url["nginx"], "post.lua", args.seconds)
+        results["floor"] = measure(url["floor"], "post.lua", args.seconds, pid=procs[1].pid)
+        wait_http(url["stream"] + "/")
+        streams["direct"] = streaming.measure(url["stream"])
+        wait_http(url["stream_floor"] + "/")
+        streams["floor"] = streaming.measure(url["stream_floor"])
+        for variant in variants(extra["rag"]):
+            if args.quick and not variant.quick:
+                continue
             policy = workdir / f"policy-{len(results)}.yaml"
-            policy.write_text(gateway_policy(upstream, plugins))
+            policy.write_text(gateway_policy(url["nginx"], url["stream"], variant, url["sink"]))
             port = free_port()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(policy), "--port", str(port)], cwd=ROOT
-            )
+            gw = f"http://127.0.0.1:{port}"
+            proc = start_gateway(policy, port, variant.workers, log=workdir / f"gateway-{port}.log")
             try:
-                script = "fixed.lua" if "cache" in plugins else "post.lua"
-                results[name] = measure(f"http://127.0.0.1:{port}", script, args.seconds)
+                results[variant.name] = measure(gw, variant.script, args.seconds, pid=proc.pid)
+                results[variant.name]["workers"] = variant.workers
+                if variant.name == "gateway":
+                    streams["gateway"] = streaming.measure(gw, model="stream")
+                if variant.typical:
+                    from bench import otlp_sink
+
+                    extra["sink"] = otlp_sink.stats(url["sink"])
             finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=15)
-        clients = transport.compare(upstream + "/v1/chat/completions", 64, max(3, args.seconds // 2))
-        print("clients", clients, flush=True)
+                stop(proc, timeout=40)
+        extra["litellm"] = _litellm(workdir, url["nginx"], args.seconds)
+        if extra["litellm"] is not None:
+            from bench import litellm_proxy
+
+            results[f"LiteLLM {litellm_proxy.version()} proxy, 1 worker"] = extra["litellm"]
+        if not args.quick:
+            extra["clients"] = transport.compare(url["nginx"] + "/v1/chat/completions", 64, max(3, args.seconds / 2))
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=15)
-    precision = semantic_table()
-    from bench import routing
-
-    ramp = routing.run(float(os.environ.get("BENCH_RAMP_SECONDS", "6")))
-    from bench import injection
-
-    ramp += "\n## Prompt-injection guard (embedding_guard)\n\n" + injection.report()
-    Path(args.output).write_text(
-        report(results, clients, args.seconds, precision) + "\n## Routing under a load ramp\n\n" + ramp
-    )
-    print(f"wrote {args.output}")
+            stop(proc)
+    if args.quick:
+        print(report.overhead(results, streams, extra))
+        return 0
+    png = Path(args.output).with_suffix(".png")
+    chart.overhead(results, png)
+    text = report.page(results, streams, extra, args.seconds, png.name, _sections())
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output} and {png}")
     return 0
 
 
-def measure(url: str, script: str, seconds: int) -> dict[str, dict[str, float]]:
-    wait_http(url + "/", timeout=120.0)
-    wrk(url, 8, 2, script)  # warm-up: connection pools, caches, allocator
-    result = {"c1": wrk(url, 1, seconds, script), "c64": wrk(url, 64, seconds, script)}
-    print(url, script, result, flush=True)
-    return result
+def _litellm(workdir: Path, upstream: str, seconds: float) -> Result | None:
+    """LiteLLM's proxy against the same upstream, when its venv exists (bench/litellm_proxy.py)."""
+    from bench import litellm_proxy
+
+    return litellm_proxy.measure(workdir, upstream, seconds)
 
 
-def semantic_table() -> str:
-    try:
-        from bench import semantic_precision
-    except ImportError:
-        return "(bench/semantic_precision.py is missing)"
-    return str(semantic_precision.report(semantic_precision.score()))
+def _sections() -> str:
+    """What other benchmarks add to the page: precision, routing ramp, prompt-injection table."""
+    from bench import injection, rag, routing, semantic_precision
 
-
-def report(
-    results: dict[str, dict[str, dict[str, float]]], clients: dict[str, float], seconds: int, precision: str
-) -> str:
-    nginx, floor, gw = results["nginx"], results["floor"], results["gateway"]
-
-    def added(r: dict[str, dict[str, float]]) -> float:
-        return r["c1"]["p50"] - nginx["c1"]["p50"]
-
-    rows = "\n".join(
-        f"| {name} | {r['c1']['p50']:.3f} | {r['c1']['p99']:.3f} | {added(r):.3f} | {r['c64']['rps']:,.0f} "
-        f"| {r['c64']['p99']:.2f} | {r['c64']['rps'] / floor['c64']['rps']:.2f} "
-        f"| {int(r['c1']['errors'] + r['c64']['errors'])} |"
-        for name, r in results.items()
+    ramp = routing.run(float(os.environ.get("BENCH_RAMP_SECONDS", "6")))
+    return (
+        "## Semantic cache precision\n\n"
+        + str(semantic_precision.report(semantic_precision.score()))
+        + "\n## Routing under a load ramp\n\n"
+        + ramp
+        + "\n## Prompt-injection guard (embedding_guard)\n\n"
+        + injection.report()
+        + "\n## RAG retrieval (rag plugin)\n\n"
+        + rag.report()
     )
-    best = max(clients.values())
-    client_rows = "\n".join(f"| {n} | {v:,.0f} | {v / best:.2f} |" for n, v in clients.items())
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""# Benchmarks
-
-Measured by `make bench` ({stamp}, {os.cpu_count()} cores, {seconds} s per run, wrk). Upstream: nginx returning
-a fixed chat completion. Floor: a bare aiohttp pass-through proxy (`bench/floor_proxy.py`), the fastest a Python
-proxy gets here. Gateway rows: `gateway serve`, one process. The plain rows send a unique prompt per request
-(`bench/post.lua`), so nothing can be cached; the cache rows repeat one prompt (`bench/fixed.lua`), so after the
-first request every answer is a cache hit (for the semantic cache: embedding, vector search and verification on
-every request). Ratios are against the floor measured in the same run: these machines are shared and noisy.
-
-## Proxy overhead and cache hits
-
-| target | p50 ms, 1 conn | p99 ms, 1 conn | added p50 vs nginx | req/s, 64 conn | p99 ms, 64 conn | vs floor | errors |
-| --- | --- | --- | --- | --- | --- | --- | --- |
-{rows}
-
-Gateway added p50 over the floor at 1 connection: {gw["c1"]["p50"] - floor["c1"]["p50"]:.3f} ms.
-
-## Upstream HTTP client (why aiohttp)
-
-The same 64 parallel request loops against nginx, in one Python process (uvloop), per client library:
-
-| client | req/s | relative to best |
-| --- | --- | --- |
-{client_rows}
-
-The gateway's transports use aiohttp directly (`gateway/upstream/base.py`).
-
-## Semantic cache precision
-
-{precision}
-"""
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+from opentelemetry import trace
 from pydantic import Field
 
 from gateway import metrics
@@ -94,6 +95,13 @@ def decide(
     ctx.response_headers[HEADER] = outcome
     ctx.put(CacheVerdict(plugin, outcome, reason, similarity, verifier))
     LOOKUPS.labels(plugin, ctx.route.name, counted_as or outcome).inc()
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("gateway.cache.result", outcome)
+        if reason:
+            span.set_attribute("gateway.cache.reason", reason)
+        if similarity is not None:
+            span.set_attribute("gateway.cache.similarity", similarity)
 
 
 def store_failed(plugin: str) -> None:

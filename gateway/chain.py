@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.plugin import Continue, Emit, Plugin, RequestContext, Respond, overrides
+from gateway.plugin import Continue, Emit, Plugin, RequestContext, RequestDecision, Respond, overrides
+from gateway.telemetry.request import RequestTrace
 
 log = logging.getLogger("gateway")
 
@@ -35,16 +36,32 @@ class Chain:
 
     async def request(self, ctx: RequestContext) -> tuple[Respond | None, int]:
         """Run the request phase; (the early answer or None, how many plugins ran before it)."""
+        trace = ctx.get(RequestTrace)
+        traced = trace is not None and trace.recording
         for i, plugin in self._request:
-            decision = await plugin.on_request(ctx)
+            if traced:
+                assert trace is not None
+                with trace.step(plugin.name, "request") as span:
+                    decision = await plugin.on_request(ctx)
+                    _note(span, decision)
+            else:
+                decision = await plugin.on_request(ctx)
             if isinstance(decision, Respond):
                 return decision, i
         return None, len(self.plugins)
 
     async def response(self, ctx: RequestContext, completion: dict[str, Any], upto: int) -> Respond | None:
+        trace = ctx.get(RequestTrace)
+        traced = trace is not None and trace.recording
         for i, plugin in self._response:
             if i < upto:
-                decision = await plugin.on_response(ctx, completion)
+                if traced:
+                    assert trace is not None
+                    with trace.step(plugin.name, "response") as span:
+                        decision = await plugin.on_response(ctx, completion)
+                        _note(span, decision)
+                else:
+                    decision = await plugin.on_response(ctx, completion)
                 if isinstance(decision, Respond):
                     return decision
         return None
@@ -95,3 +112,9 @@ class Chain:
                 await plugin.on_end(ctx)
             except Exception:
                 log.exception("plugin %s failed in on_end (request %s)", plugin.name, ctx.request_id)
+
+
+def _note(span: Any, decision: RequestDecision) -> None:
+    if span is not None and isinstance(decision, Respond):
+        span.set_attribute("gateway.plugin.decision", "respond")
+        span.set_attribute("gateway.plugin.status", decision.status)

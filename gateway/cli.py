@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.loader import PolicyError, load_file
+from gateway.requestlog import cli as logs_cli
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 
@@ -22,6 +23,9 @@ commands:
   validate   check a policy file; exits 1 naming every problem
   schema     print the JSON Schema of policy files (for editor completion)
   plugins    list the plugins this installation can load
+  rag        build and inspect RAG indexes: ingest, versions, rollback, publish, search, eval
+  logs       tail and filter the request log (telemetry.request_log)
+  vllm       vllm command --backend NAME: the vLLM launch line of a backend
 """
 
 
@@ -38,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=int(os.environ.get("PORT", "8080")), help="port (env PORT, default 8080)"
     )
     serve.add_argument("--log-level", default=None, help="override telemetry.log_level from the policy")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WORKERS", "1")),
+        help="processes sharing the port via SO_REUSEPORT (env WORKERS, default 1); each loads the policy, "
+        "so state shared across workers (caches, limits) needs Redis",
+    )
 
     validate = sub.add_parser(
         "validate",
@@ -50,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
 
     sub.add_parser("plugins", help="list available plugins", description="List the plugins that can be loaded.")
+    from gateway.rag.commands import add_parser as add_rag_parser
+
+    add_rag_parser(sub)
+    logs_cli.add_parser(sub)
+
+    from gateway.vllm_launch import add_parser as add_vllm_parser
+
+    add_vllm_parser(sub, str(DEFAULT_POLICY))
     return parser
 
 
@@ -68,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stdout.write(text)
         return 0
+    if args.command == "vllm":
+        from gateway.vllm_launch import run_cli
+
+        return run_cli(args)
+    if args.command == "logs":
+        return logs_cli.run(args)
+    if args.command == "rag":
+        from gateway.rag.commands import run as run_rag
+
+        return run_rag(args)
     if args.command == "plugins":
         from gateway import registry
 
@@ -105,26 +134,18 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.server import create_app
+    from gateway.workers import UVICORN_OPTIONS, serve_workers
 
-    app = create_app(loaded, args.config)
     print(
         f"gateway: serving {len(loaded.policy.models)} models on http://{args.host}:{args.port}/v1 "
-        f"(policy {args.config})",
+        f"(policy {args.config}{f', {args.workers} workers' if args.workers > 1 else ''})",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=level.lower(),
-        access_log=False,  # the gateway writes its own access log, without secrets
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=30,
-        server_header=False,
-    )
+    if args.workers > 1:
+        return serve_workers(args.config, args.host, args.port, level, args.workers)
+    app = create_app(loaded, args.config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=level.lower(), **UVICORN_OPTIONS)
     return 0
 
 

@@ -21,7 +21,19 @@ from gateway.plugin import RequestContext
 from gateway.router import Attempt
 from gateway.routing.backoff import backoff_s
 from gateway.runtime import Runtime
+from gateway.telemetry import genai
+from gateway.telemetry.request import RequestTrace, passthrough_headers
 from gateway.upstream.base import StreamBroken, UpstreamCall, UpstreamStream
+
+
+class CallRecord:
+    """The upstream call that answered: its GenAI attributes, for metrics and the client span."""
+
+    __slots__ = ("attributes", "started")
+
+    def __init__(self, attributes: dict[str, Any], started: float) -> None:
+        self.attributes = attributes
+        self.started = started
 
 
 class PeekedStream:
@@ -41,6 +53,10 @@ class PeekedStream:
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
 
+    @property
+    def first(self) -> dict[str, Any] | None:
+        return self._first
+
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
@@ -54,10 +70,28 @@ async def dispatch(
     runtime: Runtime, ctx: RequestContext, headers: dict[str, str], *, stream: bool
 ) -> tuple[Attempt, dict[str, Any] | PeekedStream, float | None]:
     """(the attempt that answered, its answer or open stream, time to first chunk in seconds)."""
+    trace = ctx.get(RequestTrace)
+    if trace is not None:
+        trace.start_route(ctx.route.name, ctx.route.strategy)
+    waited = time.perf_counter()
+    try:
+        return await _attempts(runtime, ctx, headers, stream, trace)
+    except BaseException as exc:
+        if trace is not None:
+            trace.end_route(None, 0, _error_type(exc))
+        raise
+    finally:
+        ctx.upstream_s += time.perf_counter() - waited
+
+
+async def _attempts(
+    runtime: Runtime, ctx: RequestContext, headers: dict[str, str], stream: bool, trace: RequestTrace | None
+) -> tuple[Attempt, dict[str, Any] | PeekedStream, float | None]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.route.timeout_s if ctx.route.timeout_s else None
     last: GatewayError | None = None
     last_key: str | None = None
+    instruments = runtime.telemetry.instruments
     for number, attempt in enumerate(runtime.router.attempts(ctx.route)):
         if last is not None and attempt.key == last_key:  # the same target again: back off first
             wait = backoff_s(number - 1, retry_after=last.headers.get("retry-after"))
@@ -72,32 +106,59 @@ async def dispatch(
             headers["x-gateway-fallback"] = attempt.route.name
         ctx.put(attempt)
         body = {**ctx.body, "model": attempt.target.model}
-        call = UpstreamCall(ctx.endpoint, body, {"x-request-id": ctx.request_id})
+        backend = runtime.policy.backend(attempt.target.backend)
+        attributes = genai.request_attributes(ctx.endpoint, backend.type, backend.base_url, body)
+        call_headers = {"x-request-id": ctx.request_id}
+        if trace is not None:
+            call_headers.update(
+                trace.start_client(genai.span_name(ctx.endpoint, attempt.target.model), attributes, backend.name)
+            )
+        else:
+            call_headers.update(passthrough_headers(ctx.headers))
+        call = UpstreamCall(ctx.endpoint, body, call_headers)
         transport = runtime.transports[attempt.target.backend]
         attempt.health.started()
         started = time.perf_counter()
+        ctx.put(CallRecord(attributes, started))
         try:
             async with asyncio.timeout_at(deadline):
                 if stream:
                     opened = await transport.open_stream(call)
                     peeked = await _peek(opened)
-                    return attempt, peeked, time.perf_counter() - started
+                    ctx.ttft_s = time.perf_counter() - started
+                    if trace is not None:
+                        trace.first_chunk(ctx.ttft_s)
+                        trace.end_route(attempt.target.backend, number + 1)
+                    return attempt, peeked, ctx.ttft_s
                 answer = await transport.complete(call)
-        except TimeoutError:
-            attempt.record(ok=False, ttft_s=None, total_s=None)
-            last = UpstreamTimeout(f"model {ctx.route.name!r} found no answer within timeout_s={ctx.route.timeout_s:g}")
-            break
-        except asyncio.CancelledError:
-            attempt.health.abandoned()  # the client went away: no verdict on the target
-            raise
-        except GatewayError as exc:
+        except BaseException as exc:
+            error = _error_type(exc)
+            if trace is not None:
+                trace.end_client(error=error)
+            if not isinstance(exc, asyncio.CancelledError):
+                genai.record_call(instruments, attributes, time.perf_counter() - started, error)
+            if isinstance(exc, TimeoutError):
+                attempt.record(ok=False, ttft_s=None, total_s=None)
+                last = UpstreamTimeout(
+                    f"model {ctx.route.name!r} found no answer within timeout_s={ctx.route.timeout_s:g}"
+                )
+                break
+            if isinstance(exc, asyncio.CancelledError):
+                attempt.health.abandoned()  # the client went away: no verdict on the target
+                raise
+            if not isinstance(exc, GatewayError):
+                raise
             retryable = exc.retry_kind is not None
             attempt.record(ok=not retryable, ttft_s=None, total_s=None)
             if not retryable or exc.retry_kind not in attempt.route.retry_on:
                 raise
             last, last_key = exc, attempt.key
             continue
-        attempt.record(ok=True, ttft_s=None, total_s=time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        attempt.record(ok=True, ttft_s=None, total_s=elapsed)
+        genai.record_call(instruments, attributes, elapsed, None)
+        if trace is not None:
+            trace.end_route(attempt.target.backend, number + 1)
         return attempt, answer, None
     if last is not None:
         raise last
@@ -117,3 +178,14 @@ async def _peek(stream: UpstreamStream) -> PeekedStream:
             raise exc.cause from None  # nothing reached the client: report it as what it was (e.g. a 504)
         raise
     return PeekedStream(stream, iterator, first)
+
+
+def _error_type(exc: BaseException) -> str:
+    """error.type: the gateway's error code (rate_limited, timeout, ...) or the exception's class."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, GatewayError):
+        return exc.code or exc.type
+    return type(exc).__name__

@@ -14,10 +14,11 @@ to the logs, to metrics and to the request context (`GuardVerdict`, for traces) 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from opentelemetry import trace
 from pydantic import Field
 
 from gateway import metrics
@@ -54,9 +55,30 @@ class GuardVerdict:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ContentRedactor:
+    """Put on the context by a PII guard: how text must be redacted before it is recorded anywhere
+    (span content, request log). CPU-heavy: call it off the event loop."""
+
+    redact: Callable[[str], str]
+
+
 def record(ctx: RequestContext, verdict: GuardVerdict) -> None:
-    """Count and log a verdict, and keep the most serious one on the context for traces."""
+    """Count and log a verdict, keep the most serious one on the context, and note it on the current span."""
     VERDICTS.labels(verdict.plugin, verdict.stage, verdict.action).inc()
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            "gateway.guard",
+            {
+                "gateway.guard.plugin": verdict.plugin,
+                "gateway.guard.stage": verdict.stage,
+                "gateway.guard.action": verdict.action,
+                "gateway.guard.rule": verdict.rule or "",
+                "gateway.guard.score": verdict.score if verdict.score is not None else -1.0,
+                "gateway.guard.reason": verdict.reason or "",
+            },
+        )
     if verdict.action != "allow":
         log.info(
             "request %s: %s %s %s (rule %s, score %s): %s",

@@ -18,6 +18,12 @@ from gateway.policy import Limits
 from gateway.runtime import Runtime
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+MAX_MODEL_CHARS = 256
+# Fields some SDKs and proxies use to pick where a request goes or what headers it carries. Backends
+# come only from the policy, so a body that tries to choose one is refused, not silently forwarded.
+ROUTING_FIELDS = frozenset(
+    {"base_url", "api_base", "api_url", "api_host", "api_endpoint", "host", "url", "extra_headers", "headers"}
+)
 
 
 def request_id(headers: Mapping[str, str]) -> str:
@@ -87,6 +93,17 @@ def parse(endpoint: str, raw: bytes, limits: Limits) -> dict[str, Any]:
     except RecursionError:
         raise InvalidRequest("The request body is nested too deeply.") from None
     protocol.check(endpoint, body)
+    if len(body["model"]) > MAX_MODEL_CHARS:  # it is echoed in errors and logs, and fuzzy-matched against names
+        raise InvalidRequest(
+            f"model: the name is {len(body['model'])} characters long; at most {MAX_MODEL_CHARS} are allowed.",
+            param="model",
+        )
+    for field in sorted(ROUTING_FIELDS.intersection(body)):  # the first, alphabetically
+        raise InvalidRequest(
+            f"{field}: clients cannot choose the upstream or its headers; backends come from the gateway's policy.",
+            param=field,
+            code="unsupported_parameter",
+        )
     if endpoint == "chat" and len(body["messages"]) > limits.max_messages:
         raise InvalidRequest(
             f"Too many messages: {len(body['messages'])}; the limit is {limits.max_messages}.",

@@ -62,24 +62,27 @@ def load_text(text: str, source: str = "<policy>", env: typing.Mapping[str, str]
     if not isinstance(raw, dict):
         raise PolicyError(source, ["the top level must be a mapping (backends:, models:, plugins:, ...)"])
     problems: list[str] = []
-    data = _interpolate(raw, os.environ if env is None else env, "", problems)
+    from_env: set[str] = set()
+    data = _interpolate(raw, os.environ if env is None else env, "", problems, from_env)
     if problems:
         raise PolicyError(source, problems)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(source, [_describe(err) for err in exc.errors()]) from None
+        raise PolicyError(source, _redact([_describe(err) for err in exc.errors()], from_env)) from None
     configs = _plugin_configs(policy, problems)
     if problems:
-        raise PolicyError(source, problems)
+        raise PolicyError(source, _redact(problems, from_env))
     return LoadedPolicy(policy, configs, source)
 
 
-def _interpolate(node: Any, env: typing.Mapping[str, str], path: str, problems: list[str]) -> Any:
+def _interpolate(
+    node: Any, env: typing.Mapping[str, str], path: str, problems: list[str], from_env: set[str] | None = None
+) -> Any:
     if isinstance(node, dict):
-        return {k: _interpolate(v, env, _join(path, k), problems) for k, v in node.items()}
+        return {k: _interpolate(v, env, _join(path, k), problems, from_env) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return [_interpolate(v, env, f"{path}[{i}]", problems, from_env) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -91,11 +94,25 @@ def _interpolate(node: Any, env: typing.Mapping[str, str], path: str, problems: 
         if default is not None and not value:
             return default  # like the shell: unset or empty takes the default
         if value is not None:
+            if from_env is not None:
+                from_env.add(value)
             return value
         problems.append(f"{path}: environment variable {name} is not set (write ${{{name}:-}} to allow empty)")
         return ""
 
     return _VAR.sub(substitute, node)
+
+
+def _redact(problems: list[str], from_env: set[str]) -> list[str]:
+    """Validators quote bad values ("unknown backend 'x'"); a value from the environment may be a secret.
+    Values under 8 characters (ports, flags) are left alone: they are not keys, and hiding them hides the problem."""
+    secrets = sorted((v for v in from_env if len(v) >= 8), key=len, reverse=True)
+    out = []
+    for problem in problems:
+        for secret in secrets:
+            problem = problem.replace(secret, "<value from the environment>")
+        out.append(problem)
+    return out
 
 
 def _plugin_configs(policy: Policy, problems: list[str]) -> dict[int, PluginConfig]:

@@ -43,6 +43,16 @@ _ERRORS = {
     ]
 }
 _OBJECT = {"type": "object", "additionalProperties": True}
+_FEEDBACK = {  # gateway/requestlog/feedback.py
+    "type": "object",
+    "required": ["request_id", "score"],
+    "additionalProperties": False,
+    "properties": {
+        "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$", "description": "x-request-id"},
+        "score": {"type": "number", "description": "Any finite number; its scale is the operator's choice."},
+        "comment": {"type": ["string", "null"], "maxLength": 4000},
+    },
+}
 _TEXT = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
@@ -82,6 +92,7 @@ def document(version: str) -> dict[str, Any]:
     _, schemas = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components = dict(schemas.get("$defs", {}))
     components["Error"] = _ERROR
+    components["FeedbackRequest"] = _FEEDBACK
     model_param = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "openapi": "3.1.0",
@@ -90,6 +101,7 @@ def document(version: str) -> dict[str, Any]:
             "/v1/chat/completions": _post("Create a chat completion", "ChatCompletionRequest", True),
             "/v1/completions": _post("Create a text completion", "CompletionRequest", True),
             "/v1/embeddings": _post("Create embeddings", "EmbeddingRequest", False),
+            "/v1/feedback": _post("Rate an answered request (stored in the request log)", "FeedbackRequest", False),
             "/v1/models": _get("List the models this gateway exposes"),
             "/v1/models/{model}": _get("Describe one model", parameters=model_param),
             "/health": _get("Liveness"),

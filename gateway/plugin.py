@@ -111,6 +111,8 @@ class RequestContext:
     # The request's server span (hex), when tracing sampled it: links the request log and feedback to the trace.
     trace_id: str | None = None
     span_id: str | None = None
+    upstream_s: float = 0.0  # time spent waiting on upstream calls (retries and backoff included)
+    ttft_s: float | None = None  # streams: upstream time to the first chunk of the answering attempt
     state: dict[type[Any], Any] = field(default_factory=dict)
     # Checks a plugin started in on_request that run alongside the upstream call (an LLM judge):
     # each resolves to None (pass) or a Respond; the first Respond cancels the upstream call and

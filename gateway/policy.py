@@ -1,6 +1,6 @@
 """The policy: what an operator writes in YAML, validated once at load and frozen.
 
-Top-level keys: backends, models, plugins, auth, limits, telemetry. Every model rejects unknown
+Top-level keys: backends, models, plugins, auth, limits, server, telemetry. Every model rejects unknown
 keys, so a typo is an error with its path and a "did you mean", never a silently ignored setting.
 Strings may use ${VAR} and ${VAR:-default} (interpolated by `gateway.loader` before validation).
 """
@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gateway.requestlog.config import RequestLogConfig
+from gateway.vllm_launch import VLLMLaunch
 
 
 class StrictModel(BaseModel):
@@ -60,6 +63,18 @@ class VLLMBackend(_BackendBase):
     metrics_url: str | None = Field(None, description="Prometheus endpoint; default: base_url root + /metrics.")
     speculative: bool = Field(False, description="True when the server runs with --speculative-config.")
     scrape_interval_s: float = Field(1.0, gt=0, description="How often /metrics is scraped (queue, KV cache).")
+    launch: VLLMLaunch | None = Field(
+        None, description="How to start this server: `gateway vllm command --backend NAME` (docs/deploy.md)."
+    )
+
+    @model_validator(mode="after")
+    def _speculative_matches_launch(self) -> VLLMBackend:
+        if self.launch is not None and (self.launch.speculative_config is not None) != self.speculative:
+            raise ValueError(
+                f"backend {self.name!r}: speculative: true and launch.speculative_config go together "
+                "(give both or neither)"
+            )
+        return self
 
 
 class AnthropicBackend(_BackendBase):
@@ -196,10 +211,61 @@ class Limits(StrictModel):
     body_read_timeout_s: float = Field(30.0, gt=0, description="Slow clients must send their body in time.")
 
 
+class Cors(StrictModel):
+    """Cross-origin access for browser clients; off until allow_origins names an origin (docs/policy.md#server)."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API, e.g. https://app.example.com; '*': any."
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-request-id", "api-key", "x-api-key"],
+        description="Request headers a browser may send.",
+    )
+    expose_headers: list[str] = Field(
+        default_factory=lambda: ["x-request-id", "x-gateway-backend", "x-gateway-cache", "retry-after"],
+        description="Response headers a browser script may read.",
+    )
+    allow_credentials: bool = Field(False, description="Let browsers send cookies; not allowed with '*'.")
+    max_age_s: int = Field(600, ge=0, description="How long a browser may cache a preflight answer.")
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Cors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_credentials cannot be used with allow_origins '*'")
+        return self
+
+
+class Server(StrictModel):
+    cors: Cors = Cors()
+
+
 class Telemetry(StrictModel):
-    service_name: str = "llm-gateway"
+    service_name: str = Field("llm-gateway", description="service.name of traces and metrics (OTEL_SERVICE_NAME).")
     access_log: bool = Field(True, description="One JSON log line per request (never prompt text).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP base URL (like OTEL_EXPORTER_OTLP_ENDPOINT; /v1/traces and /v1/metrics are appended for "
+        "http/protobuf). Unset: OTEL_EXPORTER_OTLP_ENDPOINT, else no export at all.",
+    )
+    otlp_protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None, description="OTLP transport (OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf)."
+    )
+    sample_ratio: float | None = Field(
+        None, ge=0, le=1, description="Share of new traces recorded (OTEL_TRACES_SAMPLER_ARG; default 1.0)."
+    )
+    capture_content: bool = Field(
+        False, description="Record prompts and completions on spans (after the pii plugin's redaction)."
+    )
+    otlp_metrics: bool = Field(
+        True, description="Also export the GenAI metrics over OTLP (OTEL_METRICS_EXPORTER=none turns it off)."
+    )
+    metrics_interval_s: float = Field(30.0, gt=0, description="How often OTLP metrics are exported.")
+    span_queue_size: int = Field(4096, ge=16, description="Spans waiting for export; beyond it spans are dropped.")
+    overhead_header: bool = Field(False, description="Add x-gateway-overhead-ms (time outside the upstream call).")
+    request_log: RequestLogConfig = Field(
+        default_factory=RequestLogConfig, description="A record per request in SQLite or PostgreSQL."
+    )
 
 
 class Policy(StrictModel):
@@ -208,6 +274,7 @@ class Policy(StrictModel):
     plugins: list[PluginEntry] = Field(default_factory=list, description="Global chain, run first.")
     auth: Auth = Auth()
     limits: Limits = Limits()
+    server: Server = Server()
     telemetry: Telemetry = Telemetry()
 
     @model_validator(mode="after")

@@ -15,25 +15,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from gateway import intake, metrics, quota, replay, tokens
 from gateway.chain import Chain
-from gateway.dispatch import PeekedStream, dispatch
+from gateway.dispatch import CallRecord, PeekedStream, dispatch
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.guarding import ContentRedactor
 from gateway.plugin import Endpoint, RequestContext, Respond
 from gateway.policy import did_you_mean
 from gateway.relay import StreamRelay
 from gateway.responses import JSONResponse, SSEResponse, error_response, json_response
 from gateway.router import Attempt
 from gateway.runtime import Runtime, RuntimeHolder
+from gateway.telemetry import RequestTrace, genai
+from gateway.telemetry.genai import TIME_TO_FIRST_TOKEN
 from gateway.upstream.base import UpstreamStream
 from gateway.vetoes import with_vetoes
 
 log = logging.getLogger("gateway")
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
 access_log = logging.getLogger("gateway.access")
 BodyStream = Any  # an async iterator of the request body's bytes
 
@@ -47,6 +51,8 @@ class Proxy:
     ) -> JSONResponse | SSEResponse:
         runtime = self.holder.current
         runtime.enter()
+        started = time.perf_counter()
+        trace = runtime.telemetry.start_request("POST", PATHS[endpoint], headers) if runtime.telemetry.enabled else None
         request_id = intake.request_id(headers)
         out_headers = {"x-request-id": request_id}
         ctx: RequestContext | None = None
@@ -63,7 +69,11 @@ class Proxy:
                     param="model",
                 )
             quota.check_model_allowed(caller, route)
-            ctx = RequestContext(request_id, endpoint, body, headers, caller, route, bool(body.get("stream")))
+            ctx = RequestContext(
+                request_id, endpoint, body, headers, caller, route, bool(body.get("stream")), started=started
+            )
+            if trace is not None:
+                trace.bind(ctx)
             chain = runtime.chains[route.name]
             response = await self._serve(runtime, chain, ctx, out_headers)
         except Exception as exc:
@@ -76,7 +86,7 @@ class Proxy:
             status = response.status
 
             async def finish() -> None:
-                await self._finish(runtime, chain, ctx, status, request_id, rejected)
+                await self._finish(runtime, chain, ctx, status, request_id, rejected, trace)
 
             response.on_close = finish
         return response
@@ -95,10 +105,15 @@ class Proxy:
         status: int,
         request_id: str,
         rejected: str | None = None,
+        trace: RequestTrace | None = None,
+        overhead_s: float | None = None,
     ) -> None:
         try:
             if ctx is None:  # turned away before a model was known
+                if trace is not None:
+                    trace.finish(status, {"error.type": str(status)} if status >= 400 else None)
                 _log(runtime, {"request_id": request_id, "status": status, "error": rejected})
+                runtime.request_log.rejected(request_id, status, rejected)
                 return
             ctx.status = status
             await quota.settle(runtime, ctx)
@@ -106,6 +121,8 @@ class Proxy:
             if chain is not None:
                 await chain.end(ctx)
             _log_access(ctx, runtime)
+            _observe(runtime, ctx, status, overhead_s)
+            runtime.request_log.record(ctx)
         finally:
             runtime.leave()
 
@@ -142,8 +159,13 @@ class Proxy:
         attempt, answer, _ = outcome
         assert isinstance(answer, dict)
         await _fill_usage(ctx, answer)
+        trace = ctx.get(RequestTrace)
+        if trace is not None:
+            await _trace_answer(trace, ctx, answer)
+        runtime.request_log.keep_answer(ctx, answer)  # as the upstream sent it, before the response chain
         replaced = await chain.response(ctx, answer, len(chain.plugins))
         headers.update(ctx.response_headers)
+        _overhead_header(runtime, ctx, headers)
         if replaced is not None:
             return json_response(replaced.status, replaced.body, {**headers, **replaced.headers})
         return json_response(200, answer, headers)
@@ -185,15 +207,26 @@ class Proxy:
         upstream: tuple[Attempt, float | None] | None = None,
     ) -> SSEResponse:
         started = time.perf_counter()
+        overhead_s = _overhead_header(runtime, ctx, headers)
+        first = stream.first if isinstance(stream, PeekedStream) else None
 
         async def finish(status: int) -> None:
-            if upstream is not None:
-                attempt, ttft = upstream
-                total = time.perf_counter() - started + (ttft or 0)
-                attempt.record(ok=status < 500, ttft_s=ttft, total_s=total if status < 500 else None)
-            await self._finish(runtime, chain, ctx, status, ctx.request_id)
+            try:
+                if upstream is not None:
+                    attempt, ttft = upstream
+                    total = time.perf_counter() - started + (ttft or 0)
+                    attempt.record(ok=status < 500, ttft_s=ttft, total_s=total if status < 500 else None)
+                    text = "".join(relay.captured) if relay.captured is not None else None
+                    if text is not None:
+                        runtime.request_log.keep_answer(ctx, {"choices": [{"message": {"content": text}}]})
+                    await _end_stream_call(runtime, ctx, first, status, total, text)
+            finally:  # whatever happened above, the request is settled and leaves the runtime
+                await self._finish(runtime, chain, ctx, status, ctx.request_id, overhead_s=overhead_s)
 
         relay = StreamRelay(chain, ctx, stream, upto, finish)
+        trace = ctx.get(RequestTrace)
+        if upstream is not None and ((trace is not None and trace.capture) or runtime.request_log.capture_content):
+            relay.captured = []
         return SSEResponse(relay.events(), headers, on_disconnect=relay.disconnected, on_close=relay.close)
 
 
@@ -279,3 +312,69 @@ def _log_access(ctx: RequestContext, runtime: Runtime) -> None:
         "error": ctx.error,
     }
     _log(runtime, record)
+
+
+def _overhead_header(runtime: Runtime, ctx: RequestContext, headers: dict[str, str]) -> float:
+    """Time so far outside upstream calls; as x-gateway-overhead-ms when the policy asks for it."""
+    overhead = time.perf_counter() - ctx.started - ctx.upstream_s
+    if runtime.policy.telemetry.overhead_header:
+        headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+    return overhead
+
+
+def _redactor(ctx: RequestContext) -> Callable[[str], str]:
+    found = ctx.get(ContentRedactor)
+    return found.redact if found is not None else _same
+
+
+def _same(text: str) -> str:
+    return text
+
+
+async def _trace_answer(trace: RequestTrace, ctx: RequestContext, answer: dict[str, Any]) -> None:
+    """Close the client span of a whole answer (content recorded only when the policy opts in)."""
+    if trace.capture:
+        redact = _redactor(ctx)
+        await trace.capture_input(ctx.endpoint, ctx.body, redact)
+        await trace.capture_output(genai.answer_texts(answer), redact)
+    trace.end_client(genai.response_attributes(answer, ctx.usage, ctx.finish_reasons))
+
+
+async def _end_stream_call(
+    runtime: Runtime, ctx: RequestContext, first: dict[str, Any] | None, status: int, total_s: float, text: str | None
+) -> None:
+    error = None if status < 500 else ("cancelled" if status == 499 else ctx.error and "stream_interrupted")
+    record = ctx.get(CallRecord)
+    if record is not None:
+        genai.record_call(runtime.telemetry.instruments, record.attributes, total_s, error)
+        TIME_TO_FIRST_TOKEN.labels(ctx.route.name, ctx.target.backend if ctx.target else "-").observe(ctx.ttft_s or 0)
+    trace = ctx.get(RequestTrace)
+    if trace is None or trace.client is None:
+        return
+    if trace.capture:
+        redact = _redactor(ctx)
+        await trace.capture_input(ctx.endpoint, ctx.body, redact)
+        reason = ctx.finish_reasons[-1] if ctx.finish_reasons else None
+        await trace.capture_output([(text or "", reason)], redact)
+    trace.end_client(genai.response_attributes(first, ctx.usage, ctx.finish_reasons), error=error)
+
+
+def _observe(runtime: Runtime, ctx: RequestContext, status: int, overhead_s: float | None) -> None:
+    """Token usage and overhead metrics, and the end of the server span."""
+    record = ctx.get(CallRecord)
+    if record is not None and ctx.usage and status < 400:
+        genai.record_tokens(runtime.telemetry.instruments, record.attributes, ctx.usage)
+    if overhead_s is None:
+        overhead_s = time.perf_counter() - ctx.started - ctx.upstream_s
+    genai.OVERHEAD.labels(ctx.route.name, "true" if ctx.stream else "false").observe(max(overhead_s, 0.0))
+    trace = ctx.get(RequestTrace)
+    if trace is not None:
+        attributes: dict[str, Any] = {"gateway.backend": ctx.target.backend if ctx.target else ""}
+        cache = ctx.response_headers.get("x-gateway-cache")
+        if cache:
+            attributes["gateway.cache"] = cache
+        if ctx.usage:
+            attributes.update(genai.response_attributes(None, ctx.usage, []))
+        if status >= 400:
+            attributes["error.type"] = str(status)
+        trace.finish(status, attributes)

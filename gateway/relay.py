@@ -40,6 +40,7 @@ class StreamRelay:
         self._include_usage = wants_usage(ctx.body)
         self._closed = False
         self._generated: list[str] = []  # text sent so far, to count usage the upstream never reported
+        self.captured: list[str] | None = None  # set to a list to keep the upstream's text (content capture)
         self.status = 200
 
     def disconnected(self) -> None:
@@ -68,6 +69,7 @@ class StreamRelay:
         ctx, chain, upto = self._ctx, self._chain, self._upto
         usage_chunk: dict[str, Any] | None = None
         generated = self._generated
+        captured = self.captured
         try:
             async for chunk in self._stream:
                 if chunk.get("usage"):
@@ -83,6 +85,8 @@ class StreamRelay:
                     chunk.pop("usage", None)
                 if ctx.usage is None:
                     generated.append(tokens.completion_text(chunk))
+                if captured is not None:
+                    captured.append(tokens.completion_text(chunk))
                 out = await chain.chunk(ctx, chunk, upto)
                 if isinstance(out, Respond):
                     yield self._respond(out)

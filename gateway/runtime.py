@@ -21,8 +21,10 @@ from gateway.loader import LoadedPolicy, load_file
 from gateway.plugin import Plugin
 from gateway.policy import AnthropicBackend, ApiKey, Limits, ModelRoute, PluginEntry
 from gateway.redis_link import RedisLink
+from gateway.requestlog.writer import RequestLog
 from gateway.router import Router
 from gateway.services import Services
+from gateway.telemetry import Telemetry
 from gateway.upstream.anthropic import AnthropicTransport
 from gateway.upstream.base import Transport
 from gateway.upstream.openai import OpenAITransport
@@ -50,6 +52,8 @@ class Runtime:
         self.chains: dict[str, Chain] = {}
         self.router = Router(self.policy)
         self.limiter = _limiter(self.policy.limits)
+        self.request_log = RequestLog(self.policy.telemetry.request_log)
+        self.telemetry = Telemetry(self.policy.telemetry, _version())
         for route in self.policy.models:
             own = [self._instantiate(e) for e in route.plugins]
             self.plugins += own
@@ -81,6 +85,7 @@ class Runtime:
             for transport in self.transports.values():
                 await transport.start()
             await self.router.start()
+            await self.request_log.start()
             for plugin in self.plugins:
                 await plugin.start()
                 started.append(plugin)
@@ -118,8 +123,19 @@ class Runtime:
                 log.exception("plugin %s failed to close", plugin.name)
         await self.router.close()
         await self.limiter.close()
+        await self.request_log.close()  # writes what is queued (bounded wait)
         for transport in self.transports.values():
             await transport.close()
+        await asyncio.to_thread(self.telemetry.shutdown)  # flushes what is queued (bounded wait)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llm-gateway")
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 def _limiter(limits: Limits) -> Limiter:

@@ -19,11 +19,13 @@ from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from gateway import metrics, openapi
+from gateway import admin, metrics, openapi
+from gateway.cors import CORSMiddleware
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.loader import LoadedPolicy
 from gateway.plugin import Endpoint
 from gateway.proxy import Proxy
+from gateway.requestlog.feedback import feedback_route
 from gateway.responses import JSONResponse, error_response, json_response
 from gateway.runtime import Runtime, RuntimeHolder
 
@@ -193,7 +195,11 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await holder.current.start()
+        try:
+            await holder.current.start()
+        except Exception as exc:  # one clear line before uvicorn's traceback (e.g. a model that cannot load)
+            log.error("the gateway cannot start: %s", exc)
+            raise
         # Everything loaded so far (models, libraries) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise pause the loop for ~100 ms with torch loaded.
         gc.collect()
@@ -219,6 +225,8 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
             ready,
             openapi_json,
             prometheus_metrics,
+            *admin.ROUTES,
+            feedback_route,
         ],
         lifespan=[lifespan],
         openapi_config=None,
@@ -227,5 +235,6 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
         debug=False,
     )
     app.state.holder = holder
+    app.asgi_handler = CORSMiddleware(app.asgi_handler, holder)  # read per request: a reload changes it
     app.state.proxy = Proxy(holder)
     return app

@@ -82,6 +82,7 @@ class OpenAIStream:
         self._resp = resp
         self._backend = backend
         self._timeouts = config.timeouts
+        self._finished = False  # [DONE] arrived: the connection may go back to the pool
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
@@ -99,6 +100,7 @@ class OpenAIStream:
                         break
                     for event in decoder.feed(raw):
                         if event.data == "[DONE]":
+                            self._finished = True
                             return
                         yield _chunk(event.data, self._backend)
         except SSEDecodeError as exc:
@@ -110,9 +112,37 @@ class OpenAIStream:
         raise StreamBroken(f"backend {self._backend!r} ended the stream before it finished")
 
     async def aclose(self) -> None:
-        # close(), not release(): an unfinished stream must drop the connection so the upstream
-        # notices and stops generating.
-        self._resp.close()
+        # An unfinished stream must drop the connection (close(), not release()) so the upstream notices
+        # and stops generating. A finished one goes back to the pool once its body has ended, so the next
+        # stream skips a TCP connect (an upstream that ends the body apart from [DONE] otherwise costs one per stream).
+        reuse = False
+        try:
+            reuse = self._finished and await _body_ended(self._resp)
+        finally:
+            if reuse:
+                self._resp.release()
+            else:
+                self._resp.close()
+
+
+DRAIN_TIMEOUT_S = 0.05
+DRAIN_MAX_BYTES = 4096
+
+
+async def _body_ended(resp: aiohttp.ClientResponse) -> bool:
+    """After [DONE] only the end of the body should follow (usually already read): wait for it briefly."""
+    reader = resp.content
+    left = DRAIN_MAX_BYTES
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while left > 0 and not reader.at_eof():
+                part = await reader.readany()
+                if not part:
+                    break
+                left -= len(part)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+    return reader.at_eof()
 
 
 def _chunk(data: str, backend: str) -> dict[str, Any]:

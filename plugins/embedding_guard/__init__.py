@@ -10,7 +10,8 @@
 
 Each text is embedded (all-MiniLM-L6-v2, off the event loop, batched) and compared with the example sets,
 embedded once at start. It is blocked when it is a near copy of an attack example (cosine >= `near`, and
-nearer it than any benign example by `margin`), or when it lies on the attack side of a direction fitted to
+nearer it than any benign example by `margin`), when its 3 nearest attack examples are nearer on average
+than its 3 nearest benign ones by `vote`, or when it lies on the attack side of a direction fitted to
 separate the attack examples from the benign ones (`contrast`) while still resembling an attack
 (`threshold`). The latest turn is checked (user text and tool results), long texts also sentence by
 sentence; texts mostly in a non-Latin script are compared by character n-grams, as the English model

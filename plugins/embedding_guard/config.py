@@ -13,12 +13,13 @@ from plugins.embedding_guard.examples import Preset
 
 # Chosen by `python -m bench.injection` on the tune split of tests/plugins/injection_eval.jsonl, with the
 # prompt_injection preset and all-MiniLM-L6-v2; another model or example set wants its own tuning.
-DEFAULT_THRESHOLD = 0.45
+DEFAULT_THRESHOLD = 0.40
 DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence about this close
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
-DEFAULT_CONTRAST = 0.60
-DEFAULT_LEXICAL_THRESHOLD = 0.20
-DEFAULT_LEXICAL_MARGIN = 0.10
+DEFAULT_VOTE = 0.10
+DEFAULT_CONTRAST = 0.90
+DEFAULT_LEXICAL_THRESHOLD = 0.30
+DEFAULT_LEXICAL_MARGIN = 0.0
 
 
 class EmbeddingGuardConfig(GuardConfig):
@@ -53,6 +54,13 @@ class EmbeddingGuardConfig(GuardConfig):
         ge=-2,
         le=2,
         description="How much nearer the nearest attack example a near copy must be than the nearest benign one.",
+    )
+    vote: float | None = Field(
+        DEFAULT_VOTE,
+        ge=-2,
+        le=2,
+        description="Least lead of the 3 nearest attack examples over the 3 nearest benign ones (mean cosine "
+        "similarity of each side) at which a text is blocked; null: off.",
     )
     contrast: float = Field(
         DEFAULT_CONTRAST,

@@ -1,8 +1,10 @@
 """The guard's decision, as pure functions over unit vectors: no model, no I/O.
 
     score(query, attacks, benign) -> Detection   nearest attack example, its lead over the nearest benign one,
-                                                 and (given a Contrast) the attack probability
-    decide(detection, cfg) -> bool               a near copy of an attack, or on the attack side of the contrast
+                                                 the lead of the KNN nearest attacks over the KNN nearest benign
+                                                 ones, and (given a Contrast) the attack probability
+    decide(detection, cfg) -> bool               a near copy of an attack, a kNN vote for the attacks, or on the
+                                                 attack side of the contrast
     fit_contrast(attacks, benign) -> Contrast    the direction that separates the two example sets
     windows(text, max_windows) -> [text, ...]    what to embed for one text: itself, and its sentences when long
     lexical_vector(text)                         hashed character n-grams, for scripts the model cannot read
@@ -10,7 +12,9 @@
 Cosine similarity alone cannot tell "ignore all previous instructions" from "ignore whitespace in git diff"
 well enough: a small model puts both near "ignore". A benign contrast set helps twice: the nearest attack
 must beat the nearest benign example by a margin, and a direction fitted on both sets says which side of
-the line between them a new wording falls on.
+the line between them a new wording falls on. The nearest single example is a noisy witness (one lucky
+benign line outvotes a dozen attack lines just behind it); the mean of the KNN nearest on each side is a
+steadier one, and on the tune split it ranks attacks above look-alikes more reliably than either.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ _MARKS = r".!?\u3002\uff01\uff1f"
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[\u3002\uff01\uff1f])\s*|\s*\n+\s*")
 _SENTENCE_DONE = re.compile(rf"[{_MARKS}][\"')\]]*(?:\s|$)|\n")
 MIN_SENTENCE_CHARS = 24  # shorter pieces ("Hi.", "1.") are joined to the next one: alone they match anything
+KNN = 3  # examples per side in the vote: on the tune split 3 ranks attacks over look-alikes best (1, 3, 5, 10 tried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,8 @@ class Detection:
     margin: float  # score minus the similarity to the nearest benign example (inf without a benign set)
     view: View = "semantic"  # which vectors were compared: the model's, or character n-grams
     likelihood: float = 0.0  # attack probability along the fitted attack/benign contrast (0.0 without one)
+    # Mean similarity of the KNN nearest attack examples minus that of the KNN nearest benign (-inf without benign).
+    vote: float = -math.inf
 
 
 class Thresholds(Protocol):
@@ -57,6 +64,9 @@ class Thresholds(Protocol):
 
     @property
     def margin(self) -> float: ...
+
+    @property
+    def vote(self) -> float | None: ...
 
     @property
     def lexical_threshold(self) -> float: ...
@@ -122,22 +132,34 @@ def score(
     attack = attack_matrix @ query_vec
     nearest = int(np.argmax(attack))
     best = float(attack[nearest])
-    benign = float(np.max(benign_matrix @ query_vec)) if benign_matrix.shape[0] else -math.inf
     likelihood = float(contrast.probability(query_vec)) if contrast is not None else 0.0
-    return Detection(best, nearest, best - benign, view, likelihood)
+    if not benign_matrix.shape[0]:
+        return Detection(best, nearest, math.inf, view, likelihood)  # no vote without a benign side
+    benign = benign_matrix @ query_vec
+    vote = _top_mean(attack, KNN) - _top_mean(benign, KNN)
+    return Detection(best, nearest, best - float(np.max(benign)), view, likelihood, vote)
+
+
+def _top_mean(similarities: Matrix, k: int) -> float:
+    if similarities.shape[0] <= k:
+        return float(np.mean(similarities))
+    return float(np.mean(np.partition(similarities, -k)[-k:]))
 
 
 def decide(detection: Detection, cfg: Thresholds) -> bool:
     """True when the text should be treated as an attack.
 
-    Semantic view, either of two ways: a near copy of a known attack (cosine >= `near`, and nearer it than
-    any benign example by `margin`), or a new wording on the attack side of the fitted contrast
+    Semantic view, any of three ways: a near copy of a known attack (cosine >= `near`, and nearer it than
+    any benign example by `margin`); nearer the attack examples than the benign ones by `vote`, averaged
+    over the KNN nearest of each; or a new wording on the attack side of the fitted contrast
     (likelihood >= `contrast`) that is still somewhat like an attack example (cosine >= `threshold`).
     Lexical view: n-gram similarity >= `lexical_threshold`, with a lead of `lexical_margin` over benign.
     """
     if detection.view == "lexical":
         return detection.score >= cfg.lexical_threshold and detection.margin >= cfg.lexical_margin
     if cfg.near is not None and detection.score >= cfg.near and detection.margin >= cfg.margin:
+        return True
+    if cfg.vote is not None and detection.vote >= cfg.vote:
         return True
     return detection.score >= cfg.threshold and detection.likelihood >= cfg.contrast
 

@@ -167,7 +167,8 @@ class EmbeddingGuard(Plugin):
         rule, example = self.detector.describe(found)
         action = cfg.action if decide(found, cfg) else "allow"
         reason = (
-            f"{found.view}: margin {found.margin:+.3f} over benign, contrast {found.likelihood:.2f}; "
+            f"{found.view}: margin {found.margin:+.3f} over benign, vote {found.vote:+.3f}, "
+            f"contrast {found.likelihood:.2f}; "
             f"nearest example {example[:80]!r}"
         )
         return GuardVerdict(self.name, stage, action, rule, round(found.score, 4), reason)

@@ -88,6 +88,10 @@ def build_analyzer(model: str, language: str) -> AnalyzerEngine:
             }
         )
         nlp_engine = provider.create_engine()
+        # Presidio reads tokens, lemmas and entities, never the dependency parse: the parser is pure cost.
+        for nlp in getattr(nlp_engine, "nlp", {}).values():
+            if "parser" in nlp.pipe_names:
+                nlp.disable_pipe("parser")
         registry = RecognizerRegistry(supported_languages=[language])
         registry.load_predefined_recognizers(languages=[language], nlp_engine=nlp_engine)
         for name in _REPLACED:

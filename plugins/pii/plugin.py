@@ -22,6 +22,7 @@ from typing import Any
 from presidio_analyzer import AnalyzerEngine
 
 from gateway.guarding import (
+    ContentRedactor,
     GuardVerdict,
     Stage,
     StreamText,
@@ -98,8 +99,16 @@ class PiiGuard(Plugin):
 
     # --- phases -----------------------------------------------------------------------------------------
 
+    def redact_for_record(self, text: str) -> str:
+        """Text as traces and the request log may keep it: every finding as <ENTITY> (runs in a thread)."""
+        if self.analyzer is None:
+            return "<REDACTED>" if text.strip() else text
+        findings = detect(text, self.config, self.analyzer)
+        return "".join(_typed(text, findings))
+
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
         cfg = self.config
+        ctx.put(ContentRedactor(self.redact_for_record))
         if not applies(ctx, cfg, "input"):
             return CONTINUE
         slots = [slot for slot in message_texts(ctx.body, cfg.roles) if slot.text.strip()]
@@ -299,3 +308,12 @@ class PiiGuard(Plugin):
     def _record_error(self, ctx: RequestContext, stage: Stage, reason: str) -> None:
         action = "error" if self.config.on_error == "allow" else "block"
         record(ctx, GuardVerdict(self.name, stage, action, rule="analyzer", reason=f"{reason}; {action} by policy"))
+
+
+def _typed(text: str, findings: list[Finding]) -> Iterable[str]:
+    at = 0
+    for f in findings:
+        yield text[at : f.start]
+        yield f"<{f.entity}>"
+        at = f.end
+    yield text[at:]

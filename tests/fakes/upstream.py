@@ -14,6 +14,7 @@ one server never step on each other's state:
 - ``no-usage``: echo without any usage data.
 - ``huge``: a ~5 MB reply.
 - ``no-done``: a stream that ends without its terminating event.
+- ``oversize``: a 200 whose JSON body never ends within 65 MiB (over the gateway's 64 MiB bound).
 
 Run standalone with ``python -m tests.fakes.upstream --port 9000``.
 """
@@ -53,7 +54,8 @@ DEFAULT_METRICS: dict[str, float] = {
     "vllm:kv_cache_usage_perc": 0.0,
 }
 
-_SIMPLE_FAULTS = frozenset({"non-json", "bad-json", "cut-stream", "reset", "no-usage", "huge", "no-done"})
+_SIMPLE_FAULTS = frozenset({"non-json", "bad-json", "cut-stream", "reset", "no-usage", "huge", "no-done", "oversize"})
+OVERSIZE_BYTES = 65 * 1024 * 1024
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 # Gateways may forward large prompts; aiohttp's 1 MiB default would turn them into 413s.
 _MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -303,6 +305,20 @@ def _drop_connection(request: web.Request, *, abrupt: bool) -> web.StreamRespons
     return web.Response()
 
 
+async def _oversize(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    chunk = b"a" * (1024 * 1024)
+    try:
+        await response.write(b'{"id": "')
+        for _ in range(OVERSIZE_BYTES // len(chunk)):
+            await response.write(chunk)
+        await response.write(b'"}')
+    except ConnectionError:
+        pass  # the reader gave up, as it should
+    return response
+
+
 async def _json_body(request: web.Request, protocol: Protocol) -> dict[str, Any]:
     try:
         body = json.loads(await request.read())
@@ -336,6 +352,7 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.cancelled_streams = 0
         self.completed_streams = 0
+        self.open_streams = 0  # streams being written right now
         # Read on every scrape, so tests can change the values while the server runs.
         self.metrics: dict[str, float] = dict(DEFAULT_METRICS)
         self._lock = threading.Lock()
@@ -431,6 +448,13 @@ class FakeUpstream:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
 
+    @property
+    def open_connections(self) -> int:
+        """TCP connections from clients that are open now (idle keep-alive ones included)."""
+        runner = self._runner
+        server = runner.server if runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     # --- records ---
 
     def reset(self) -> None:
@@ -487,6 +511,8 @@ class FakeUpstream:
             return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
         if behaviour.kind == "reset":
             return _drop_connection(request, abrupt=True)
+        if behaviour.kind == "oversize":
+            return await _oversize(request)
         if behaviour.kind == "slow":
             await asyncio.sleep(behaviour.delay)
         return None
@@ -513,6 +539,8 @@ class FakeUpstream:
             # The stream still ends cleanly at the HTTP level; only the SSE terminator is missing.
             response.force_close()
         content_sent = 0
+        with self._lock:
+            self.open_streams += 1
         try:
             await response.prepare(request)
             for event in events:
@@ -529,6 +557,9 @@ class FakeUpstream:
         except asyncio.CancelledError:
             self._count_stream(cancelled=True)
             raise
+        finally:
+            with self._lock:
+                self.open_streams -= 1
         self._count_stream(cancelled=False)
         return response
 

@@ -121,7 +121,7 @@ def test_schema_includes_plugin_options(tmp_path: Path) -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "LLM gateway policy"
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"backends", "models", "plugins", "auth", "limits", "telemetry"}
+    assert set(schema["properties"]) == {"backends", "models", "plugins", "auth", "limits", "server", "telemetry"}
     variant = _prompt_decorator_variant(schema)
     assert variant["properties"]["use"] == {"const": "prompt_decorator"}
     assert set(variant["properties"]) == {"use", "system", "position", "prepend_messages", "append_messages"}

@@ -18,14 +18,11 @@ current minute if it is too close (`fresh_window`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ from openai import OpenAI
 from gateway import tokens
 from gateway.loader import PolicyError, load_text
 from tests.fakes.upstream import FakeUpstream
-from tests.gateway_server import GatewayServer, free_port
+from tests.gateway_server import GatewayServer, serving
 from tests.redis_server import RedisServer
 
 MakeGateway = Callable[[str], GatewayServer]
@@ -544,61 +541,6 @@ def test_cache_hits_are_served_beyond_the_rpm(upstream: FakeUpstream, make_gatew
 
 
 # --- Redis: two real gateway processes --------------------------------------------------------------------
-
-
-class Process:
-    """One `gateway serve` subprocess."""
-
-    def __init__(self, config: Path) -> None:
-        self.port = free_port()
-        self.log = config.parent / f"gateway-{self.port}.log"
-        with self.log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(self.port)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=config.parent,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_healthy(self, deadline: float) -> None:
-        while True:
-            assert self.proc.poll() is None, f"the gateway exited ({self.proc.returncode}):\n{self.output()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, f"no /health in time:\n{self.output()}"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def serving(config: Path, count: int) -> Iterator[list[Process]]:
-    started: list[Process] = []
-    try:
-        for _ in range(count):
-            started.append(Process(config))
-        deadline = time.monotonic() + 30
-        for process in started:
-            process.wait_healthy(deadline)
-        yield started
-    finally:
-        for process in started:
-            process.stop()
 
 
 def test_redis_rpm_is_shared_by_two_gateway_processes(

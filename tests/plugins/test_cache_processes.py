@@ -10,9 +10,7 @@ Every prompt carries a unique marker, so upstream calls are counted by filtering
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
 import time
 import uuid
@@ -26,7 +24,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fakes.upstream import FakeUpstream
-from tests.gateway_server import free_port
+from tests.gateway_server import GatewayProcess, serving
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="runs gateway processes and redis-server")
@@ -81,49 +79,18 @@ def policy(upstream_url: str, redis_url: str, namespace: str) -> str:
 # --- gateway processes ----------------------------------------------------------------------------------
 
 
-class Process:
+class Process(GatewayProcess):
     """One `gateway serve` subprocess and the clients that talk to it."""
 
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.port = free_port()
-        with log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(self.port)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=config.parent,
-            )
+    def __init__(self, config: Path) -> None:
+        super().__init__(config)
         self.sdk = OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=15)
         self.http = httpx.Client(base_url=f"{self.url}/v1", headers={"authorization": f"Bearer {KEY}"}, timeout=15)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_healthy(self, deadline: float) -> None:
-        while True:
-            assert self.proc.poll() is None, f"the gateway exited ({self.proc.returncode}):\n{self.output()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, f"no /health within {HEALTH_TIMEOUT_S} s:\n{self.output()}"
-            time.sleep(0.1)
 
     def stop(self) -> None:
         self.sdk.close()
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        super().stop()
 
     def ready(self) -> dict[str, Any]:
         resp = httpx.get(f"{self.url}/ready", timeout=5)
@@ -191,22 +158,6 @@ class Reply:
         return self.is_stream and self.events[-1:] == ["[DONE]"] and [f for f in finishes if f] == ["stop"]
 
 
-@contextlib.contextmanager
-def serving(config: Path, count: int) -> Iterator[list[Process]]:
-    """`count` gateway processes on the same policy file, started side by side; stopped whatever happens."""
-    started: list[Process] = []
-    try:
-        for _ in range(count):
-            started.append(Process(config, config.parent / f"gateway-{uuid.uuid4().hex[:8]}.log"))
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        for process in started:
-            process.wait_healthy(deadline)
-        yield started
-    finally:
-        for process in started:
-            process.stop()
-
-
 def marker() -> str:
     return f"m{uuid.uuid4().hex[:10]}"
 
@@ -242,7 +193,7 @@ def config(upstream: FakeUpstream, redis_server: RedisServer, tmp_path_factory: 
 
 @pytest.fixture(scope="module")
 def pair(config: Path) -> Iterator[tuple[Process, Process]]:
-    with serving(config, 2) as (a, b):
+    with serving(config, 2, health_timeout_s=HEALTH_TIMEOUT_S, factory=Process) as (a, b):
         yield a, b
 
 
@@ -324,7 +275,7 @@ def test_semantic_entry_from_one_process_serves_paraphrases_on_others(
     calls = upstream_calls(upstream, mark)  # 1, plus any misses B had before it caught up
 
     # A process started after the entry exists rebuilds its index from Redis when it starts.
-    with serving(config, 1) as (c,):
+    with serving(config, 1, health_timeout_s=HEALTH_TIMEOUT_S, factory=Process) as (c,):
         on_c = c.chat("sem", paraphrase)
         assert (on_c.status, on_c.cache) == (200, "semantic-hit"), f"C did not replay the log:\n{c.output()}"
         assert on_c.completion == first.completion

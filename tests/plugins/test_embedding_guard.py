@@ -206,7 +206,8 @@ def test_embedder_failure_blocks_or_allows_as_configured(gateway: GatewayServer)
     with pytest.raises(openai.BadRequestError):
         ask(gateway, "fail-closed", "What is the capital of France?")
     before = verdicts(gateway, "input", "error")
-    assert ask(gateway, "fail-open", ATTACK) == "echo: " + ATTACK
+    fresh = f"{ATTACK} (ref {uuid.uuid4().hex[:8]})"  # never embedded before: a cached vector would need no model
+    assert ask(gateway, "fail-open", fresh) == "echo: " + fresh
     assert verdicts(gateway, "input", "error") == before + 1
 
 
@@ -226,7 +227,16 @@ def test_defaults_are_what_the_tune_split_recommends(scored: tuple[injection.Sco
     assert injection.recommend(scored) == injection.Setting()
 
 
+def test_no_evaluation_item_copies_a_preset_line() -> None:
+    assert injection.near_copies() == []
+
+
+def test_the_near_copy_check_finds_a_light_rewording() -> None:
+    # Not a stand-in: the real check over real items, with thresholds loose enough to catch real paraphrases.
+    assert injection.near_copies(lexical=0.5, cosine=0.8)
+
+
 def test_lookalike_target_holds_on_the_test_split(scored: tuple[injection.Scored, ...]) -> None:
     figures = injection.figures(scored, "test", injection.Setting())
     assert figures.lookalike_rate <= injection.MAX_LOOKALIKES_BLOCKED
-    assert figures.attack_rate >= 0.75  # a floor against regressions; the target itself is below
+    assert figures.attack_rate >= 0.83  # a floor against regressions (85.6% measured); the 90% target is not met

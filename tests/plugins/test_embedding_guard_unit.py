@@ -100,7 +100,31 @@ def test_decide_semantic(found: Detection, blocked: bool) -> None:
 
 
 def test_decide_near_copy_rule_can_be_turned_off() -> None:
-    assert not decide(Detection(0.95, 0, 0.5, likelihood=0.1), cfg(near=None))
+    assert not decide(Detection(0.95, 0, 0.5, likelihood=0.1), cfg(near=None, vote=None))
+
+
+@pytest.mark.parametrize(
+    ("vote", "blocked"),
+    [(0.12, True), (0.10, True), (0.09, False), (-math.inf, False)],
+)
+def test_decide_knn_vote(vote: float, blocked: bool) -> None:
+    found = Detection(0.5, 0, -0.02, likelihood=0.1, vote=vote)  # neither a near copy nor on the attack side
+    assert decide(found, cfg(threshold=0.45, contrast=0.6, near=0.7, margin=0.1, vote=0.10)) is blocked
+    assert not decide(found, cfg(threshold=0.45, contrast=0.6, near=0.7, margin=0.1, vote=None))
+
+
+def test_score_votes_with_the_three_nearest_of_each_side() -> None:
+    query = unit(1, 0, 0)
+    # One benign example right beside the query, but three attack examples close behind it.
+    attacks = matrix(unit(1, 0.2, 0), unit(1, 0.25, 0), unit(1, 0, 0.3), unit(0, 1, 0))
+    benign = matrix(unit(1, 0.1, 0), unit(0, 0, 1), unit(0, 1, 1))
+    found = score(query, attacks, benign)
+    assert found.margin < 0  # the single nearest example is benign...
+    sims_attack = sorted((attacks @ query).tolist())[-3:]
+    sims_benign = sorted((benign @ query).tolist())[-3:]
+    assert found.vote == pytest.approx(np.mean(sims_attack) - np.mean(sims_benign))
+    assert found.vote > 0.2  # ...but the three nearest on each side vote for the attacks
+    assert score(query, attacks, matrix()).vote == -math.inf  # no benign side, no vote
 
 
 @pytest.mark.parametrize(
@@ -196,7 +220,7 @@ def test_detector_sends_non_latin_text_to_the_lexical_view_and_maps_the_example_
 
 def test_preset_loads_with_its_benign_contrast() -> None:
     examples = collect(preset="prompt_injection")
-    assert 150 <= len(examples.attacks) <= 300 and len(examples.benign) >= 100
+    assert 150 <= len(examples.attacks) <= 600 and len(examples.benign) >= 100
     assert len(set(examples.attacks)) == len(examples.attacks)
     assert not set(examples.attacks) & set(examples.benign)
     assert all(label.startswith("prompt_injection:") for label in examples.labels)

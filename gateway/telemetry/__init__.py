@@ -1,0 +1,108 @@
+"""OpenTelemetry traces and metrics for the request path (OTLP over HTTP or gRPC).
+
+Each loaded policy has its own `Telemetry`: a tracer provider (ratio sampler that follows the
+client's `traceparent` decision, bounded export queue) and, when an endpoint is known, a meter
+provider exporting the GenAI metrics. Nothing is exported unless the policy's `otlp_endpoint` or
+`OTEL_EXPORTER_OTLP_ENDPOINT` names a collector. Per request (`RequestTrace`):
+
+    server span  "POST /v1/chat/completions"   (kind SERVER; parent: the client's traceparent)
+      ├ plugin <name>                           one per plugin step in the request/response phase
+      └ route <model>                           the routing decision: attempts, chosen backend
+          └ chat <model>                        kind CLIENT, one per upstream call (GenAI semconv);
+                                                its traceparent goes upstream
+
+Plugins may add spans with the plain OpenTelemetry API (`trace.get_tracer(...)`): the global tracer
+provider routes them to the tracer of the policy serving the current request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from gateway.policy import Telemetry as TelemetryConfig
+from gateway.telemetry import genai
+from gateway.telemetry.export import BoundedSpanProcessor, Endpoint, metric_reader, span_exporter
+from gateway.telemetry.request import RequestTrace, install_routing_provider
+
+__all__ = ["RequestTrace", "Telemetry", "resolve_endpoint"]
+
+
+def resolve_endpoint(config: TelemetryConfig, env: Mapping[str, str] = os.environ) -> Endpoint | None:
+    """The policy's otlp_endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT; None: export nothing."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    base = config.otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not base:
+        return None
+    protocol = config.otlp_protocol or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    return Endpoint(base, "grpc" if protocol == "grpc" else "http/protobuf")
+
+
+def _sample_ratio(config: TelemetryConfig, env: Mapping[str, str]) -> float:
+    if config.sample_ratio is not None:
+        return config.sample_ratio
+    try:
+        return min(1.0, max(0.0, float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))))
+    except ValueError:
+        return 1.0
+
+
+class Telemetry:
+    """Tracing and OTLP metrics of one loaded policy."""
+
+    def __init__(self, config: TelemetryConfig, version: str = "0.0.0", env: Mapping[str, str] = os.environ) -> None:
+        self.config = config
+        self.endpoint = resolve_endpoint(config, env)
+        self.tracer: trace.Tracer | None = None
+        self._provider: TracerProvider | None = None
+        self._meters: MeterProvider | None = None
+        self.instruments: genai.OtlpInstruments | None = None
+        if self.endpoint is None:
+            return
+        name = config.service_name if "service_name" in config.model_fields_set else None
+        name = name or env.get("OTEL_SERVICE_NAME") or config.service_name
+        resource = Resource.create({"service.name": name, "service.version": version})
+        sampler = ParentBased(TraceIdRatioBased(_sample_ratio(config, env)))
+        self._provider = TracerProvider(resource=resource, sampler=sampler)
+        self._provider.add_span_processor(BoundedSpanProcessor(span_exporter(self.endpoint), config.span_queue_size))
+        self.tracer = self._provider.get_tracer("gateway", version)
+        install_routing_provider()
+        if not config.otlp_metrics or env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
+            return
+        views = [
+            View(instrument_name=n, aggregation=ExplicitBucketHistogramAggregation(b))
+            for n, b in genai.OTLP_BUCKETS.items()
+        ]
+        self._meters = MeterProvider(
+            metric_readers=[metric_reader(self.endpoint, config.metrics_interval_s)], resource=resource, views=views
+        )
+        self.instruments = genai.OtlpInstruments(self._meters.get_meter("gateway", version))
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracer is not None
+
+    def start_request(self, method: str, path: str, headers: Mapping[str, str]) -> RequestTrace | None:
+        if self.tracer is None:
+            return None
+        return RequestTrace.start(self, method, path, headers)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        if self._provider is not None:
+            self._provider.force_flush(int(timeout_s * 1000))
+        if self._meters is not None:
+            self._meters.force_flush(int(timeout_s * 1000))
+
+    def shutdown(self) -> None:
+        if self._provider is not None:
+            self._provider.shutdown()
+        if self._meters is not None:
+            self._meters.shutdown()

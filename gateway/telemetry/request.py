@@ -1,0 +1,212 @@
+"""The spans of one request: server span, plugin steps, routing decision, upstream client calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
+
+from gateway.telemetry import genai
+
+if TYPE_CHECKING:
+    from gateway.plugin import RequestContext
+    from gateway.telemetry import Telemetry
+
+log = logging.getLogger("gateway.telemetry")
+PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent + tracestate
+TRACE_HEADERS = ("traceparent", "tracestate")
+_ACTIVE: ContextVar[trace.Tracer | None] = ContextVar("gateway_tracer", default=None)
+
+
+def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Tracing off: the client's trace context still travels upstream unchanged."""
+    return {name: headers[name] for name in TRACE_HEADERS if name in headers}
+
+
+class RequestTrace:
+    __slots__ = ("capture", "client", "client_started", "route_span", "span", "telemetry", "tracer")
+
+    def __init__(self, telemetry: Telemetry, tracer: trace.Tracer, span: Span) -> None:
+        self.telemetry = telemetry
+        self.tracer = tracer
+        self.span = span
+        self.capture = telemetry.config.capture_content and span.is_recording()
+        self.route_span: Span | None = None
+        self.client: Span | None = None
+        self.client_started = 0.0
+
+    @classmethod
+    def start(cls, telemetry: Telemetry, method: str, path: str, headers: Mapping[str, str]) -> RequestTrace:
+        assert telemetry.tracer is not None
+        parent = PROPAGATOR.extract(headers)
+        span = telemetry.tracer.start_span(
+            f"{method} {path}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": path},
+        )
+        # The request's task carries this context to its end (stream relay included) and dies with it.
+        otel_context.attach(trace.set_span_in_context(span, parent))
+        _ACTIVE.set(telemetry.tracer)
+        return cls(telemetry, telemetry.tracer, span)
+
+    @property
+    def recording(self) -> bool:
+        return self.span.is_recording()
+
+    def bind(self, ctx: RequestContext) -> None:
+        ctx.put(self)
+        if not self.recording:
+            return
+        found = self.span.get_span_context()
+        ctx.trace_id, ctx.span_id = format(found.trace_id, "032x"), format(found.span_id, "016x")
+        self.span.set_attributes(
+            {
+                "gen_ai.request.model": ctx.route.name,
+                "gateway.request_id": ctx.request_id,
+                "gateway.caller": ctx.caller.name,
+                "gateway.stream": ctx.stream,
+            }
+        )
+
+    @contextmanager
+    def step(self, plugin: str, phase: str) -> Iterator[Span | None]:
+        """A span for one plugin step (request or response phase)."""
+        if not self.recording:
+            yield None
+            return
+        span = self.tracer.start_span(
+            f"plugin {plugin}", attributes={"gateway.plugin.name": plugin, "gateway.plugin.phase": phase}
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def start_route(self, model: str, strategy: str) -> None:
+        if self.recording:
+            self.route_span = self.tracer.start_span(
+                f"route {model}", attributes={"gateway.route.model": model, "gateway.route.strategy": strategy}
+            )
+
+    def end_route(self, backend: str | None, attempts: int, error: str | None = None) -> None:
+        span, self.route_span = self.route_span, None
+        if span is None:
+            return
+        span.set_attribute("gateway.route.attempts", attempts)
+        if backend:
+            span.set_attribute("gateway.backend", backend)
+        if error:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def start_client(self, name: str, attributes: Attributes, backend: str) -> dict[str, str]:
+        """Open the CLIENT span of one upstream call; the trace headers to send with it."""
+        parent = self.route_span or self.span
+        span = self.tracer.start_span(
+            name, context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT, attributes=attributes
+        )
+        span.set_attribute("gateway.backend", backend)
+        self.client, self.client_started = span, time.perf_counter()
+        carrier: dict[str, str] = {}
+        PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier
+
+    def end_client(self, attributes: Attributes = None, error: str | None = None) -> None:
+        span, self.client = self.client, None
+        if span is None:
+            return
+        if attributes:
+            span.set_attributes(attributes)
+        if error:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def first_chunk(self, ttft_s: float) -> None:
+        if self.client is not None:
+            self.client.set_attribute("gen_ai.response.time_to_first_chunk", ttft_s)
+            self.client.add_event("gen_ai.first_chunk")
+
+    async def capture_input(self, endpoint: str, body: Mapping[str, Any], redact: Callable[[str], str]) -> None:
+        if self.capture and self.client is not None:
+            await self._capture("gen_ai.input.messages", genai.input_messages, endpoint, body, redact)
+
+    async def capture_output(self, texts: list[tuple[str, str | None]], redact: Callable[[str], str]) -> None:
+        if self.capture and self.client is not None:
+            await self._capture("gen_ai.output.messages", genai.output_messages, texts, redact)
+
+    async def _capture(self, name: str, render: Callable[..., str], *args: Any) -> None:
+        try:
+            text = await asyncio.to_thread(render, *args)  # redaction is CPU-heavy
+        except Exception:
+            log.warning("content capture failed; %s not recorded", name, exc_info=True)
+            text = "[not recorded: redaction failed]"
+        if self.client is not None:
+            self.client.set_attribute(name, text)
+
+    def finish(self, status: int, attributes: Attributes = None) -> None:
+        if self.client is not None:  # a stream the client abandoned: the call ended with the request
+            self.end_client(error="cancelled" if status == 499 else None)
+        if self.route_span is not None:
+            self.end_route(None, 0, "cancelled")
+        span = self.span
+        if not span.is_recording():
+            return
+        span.set_attribute("http.response.status_code", status)
+        if attributes:
+            span.set_attributes(attributes)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+class _RoutingTracer(trace.Tracer):
+    """The global API's tracer: delegates to the tracer of the policy serving this request."""
+
+    def start_span(self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any) -> Span:
+        tracer = _ACTIVE.get()
+        if tracer is None:
+            return NonRecordingSpan(trace.get_current_span(context).get_span_context())
+        return tracer.start_span(name, context, *args, **kwargs)
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        *args: Any,
+        end_on_exit: bool = True,
+        **kwargs: Any,
+    ) -> Iterator[Span]:
+        span = self.start_span(name, context, *args, **kwargs)
+        with trace.use_span(span, end_on_exit=end_on_exit) as current:
+            yield current
+
+
+class _RoutingProvider(trace.TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _RoutingTracer()
+
+
+def install_routing_provider() -> None:
+    """Make `opentelemetry.trace.get_tracer()` in plugins reach the gateway's tracer (once per process)."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(_RoutingProvider())

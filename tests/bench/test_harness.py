@@ -1,0 +1,59 @@
+"""Pieces of the benchmark harness that can be wrong without any benchmark noticing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import soak, streaming
+from bench.procs import free_port, start_module, stop, wait_http
+
+
+def test_soak_section_replaces_its_own_and_keeps_the_rest(tmp_path: Path) -> None:
+    doc = tmp_path / "reliability.md"
+    doc.write_text("# Reliability\n\n## Faults\n\nkept\n\n## Soak\n\nold figures\n\n## Later\n\nalso kept\n")
+    soak.write_section(doc, "## Soak\n\nnew figures\n")
+    assert doc.read_text() == "# Reliability\n\n## Faults\n\nkept\n\n## Soak\n\nnew figures\n## Later\n\nalso kept\n"
+    fresh = tmp_path / "other.md"
+    fresh.write_text("# Reliability\n\n## Faults\n")
+    soak.write_section(fresh, "## Soak\n\nfigures\n")
+    assert fresh.read_text() == "# Reliability\n\n## Faults\n\n## Soak\n\nfigures\n"
+
+
+def test_growth_compares_the_end_with_the_end_of_warm_up() -> None:
+    samples = [(float(t), 50.0 if t < 10 else 100.0 + (t - 10) * 0.5) for t in range(0, 40)]
+    g = soak.growth(samples, warmup_s=10)
+    assert g["start"] == 101.0 and g["end"] == 113.5 and g["peak"] == 114.5
+    assert g["growth"] == pytest.approx(12.5 / 101.0)
+    with pytest.raises(RuntimeError):
+        soak.growth(samples, warmup_s=35)
+
+
+@pytest.fixture(scope="module")
+def stream_upstream() -> Iterator[str]:
+    port = free_port()
+    proc = start_module("bench.streaming", "--port", str(port))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def test_stream_delays_direct_and_through_the_floor(stream_upstream: str) -> None:
+    direct = streaming.measure(stream_upstream, requests=5)
+    port = free_port()
+    floor = start_module("bench.floor_proxy", "--upstream", stream_upstream, "--port", str(port))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        relayed = streaming.measure(f"http://127.0.0.1:{port}", requests=5)
+    finally:
+        stop(floor)
+    # Every chunk arrived (measure raises otherwise); the floor relays as it reads, so no chunk waits for the
+    # next one (chunks are 2 ms apart: a buffering relay would show delays of whole intervals and more).
+    for result in (direct, relayed):
+        assert 0 < result["ttft_p50"] < 1000 and 0 <= result["chunk_p50"] < streaming.INTERVAL_S * 1000 * 5
+    # Connections kept alive: one per measuring round directly (two rounds), one from the floor for both.
+    assert streaming.connections(stream_upstream) == 3

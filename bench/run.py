@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import chart, report, streaming, transport
+from bench import chart, report, streaming, tracing, transport
 from bench.load import Result, measure
 from bench.procs import ROOT, free_port, start_gateway, start_module, start_nginx, stop, wait_http
 
@@ -28,6 +28,7 @@ class Variant:
     script: str = "post.lua"  # post.lua: a unique prompt per request (caches miss); fixed.lua: one prompt
     workers: int = 1
     typical: bool = False  # tracing to the sink and the access log on, as a deployment would run it
+    sample_ratio: float = 1.0  # typical rows: the share of traces recorded and exported
     quick: bool = False  # part of --quick
 
 
@@ -44,7 +45,19 @@ def variants(rag: str | None = None) -> list[Variant]:
         Variant("gateway", quick=True),
         Variant("gateway, 2 workers", workers=2, quick=True),
         Variant("exact_cache (miss) + rules", f"[{{use: exact_cache}}, {RULES}]"),
-        Variant("typical: exact_cache (miss) + rules + tracing", f"[{{use: exact_cache}}, {RULES}]", typical=True),
+        Variant(
+            "typical: exact_cache (miss) + rules + tracing",
+            f"[{{use: exact_cache}}, {RULES}]",
+            typical=True,
+            quick=True,
+        ),
+        Variant(
+            "typical, 10% of traces sampled",
+            f"[{{use: exact_cache}}, {RULES}]",
+            typical=True,
+            sample_ratio=0.1,
+            quick=True,
+        ),
         Variant("heavy: semantic_cache (miss) + pii" + (" + rag" if rag else ""), heavy),
         Variant("gateway + exact_cache (hit)", "[{use: exact_cache}]", script="fixed.lua"),
         Variant("gateway + semantic_cache (hit)", "[{use: semantic_cache}]", script="fixed.lua"),
@@ -82,7 +95,7 @@ def gateway_policy(upstream: str, stream_upstream: str, variant: Variant, sink: 
     if variant.typical:
         telemetry = "access_log: true, log_level: info"
         if tracing_supported():
-            telemetry += f", otlp_endpoint: '{sink}', sample_ratio: 1.0"  # the exporter adds /v1/traces
+            telemetry += f", otlp_endpoint: '{sink}', sample_ratio: {variant.sample_ratio}"  # exporter adds /v1/traces
     if overhead_header_supported():
         telemetry += ", overhead_header: true"
     return (
@@ -148,6 +161,7 @@ def main() -> int:
             from bench import litellm_proxy
 
             results[f"LiteLLM {litellm_proxy.version()} proxy, 1 worker"] = extra["litellm"]
+        extra["tracing_cost"] = tracing.measure()
         if not args.quick:
             extra["clients"] = transport.compare(url["nginx"] + "/v1/chat/completions", 64, max(3, args.seconds / 2))
     finally:

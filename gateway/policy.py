@@ -7,6 +7,7 @@ Strings may use ${VAR} and ${VAR:-default} (interpolated by `gateway.loader` bef
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -305,7 +306,11 @@ class Policy(StrictModel):
         return self
 
     def backend(self, name: str) -> OpenAIBackend | VLLMBackend | AnthropicBackend:
-        return next(b for b in self.backends if b.name == name)
+        return self._backends_by_name[name]
+
+    @functools.cached_property
+    def _backends_by_name(self) -> dict[str, OpenAIBackend | VLLMBackend | AnthropicBackend]:
+        return {b.name: b for b in self.backends}  # looked up per upstream call
 
 
 def _unique(where: str, names: list[str]) -> None:

@@ -6,6 +6,7 @@ https://opentelemetry.io/docs/specs/semconv/gen-ai/ (gen_ai.client.* spans and m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +65,7 @@ def span_name(endpoint: str, model: str) -> str:
     return f"{OPERATIONS.get(endpoint, endpoint)} {model}"
 
 
+@functools.lru_cache(maxsize=256)
 def server_address(base_url: str) -> tuple[str, int]:
     url = urlsplit(base_url)
     return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)

@@ -119,13 +119,16 @@ class RequestTrace:
 
     def start_client(self, name: str, attributes: Attributes, backend: str) -> dict[str, str]:
         """Open the CLIENT span of one upstream call; the trace headers to send with it."""
+        carrier: dict[str, str] = {}
+        if not self.recording:  # not sampled: no span, but the trace (flagged unsampled) still goes upstream
+            PROPAGATOR.inject(carrier, context=trace.set_span_in_context(self.span))
+            return carrier
         parent = self.route_span or self.span
         span = self.tracer.start_span(
             name, context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT, attributes=attributes
         )
         span.set_attribute("gateway.backend", backend)
         self.client, self.client_started = span, time.perf_counter()
-        carrier: dict[str, str] = {}
         PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
         return carrier
 

@@ -128,9 +128,12 @@ def test_chat_trace_continues_the_client_trace_and_follows_genai_conventions(
     # The upstream received a traceparent naming the client span, in the same trace.
     sent = [r for r in upstream.requests if isinstance(r.body, dict) and prompt in str(r.body)]
     assert sent and sent[-1].headers["traceparent"] == f"00-{CLIENT_TRACE}-{call.span_id}-01"
-    # No content unless the policy opts in.
+    # No content unless the policy opts in, and never a key.
     for span in spans:
         assert prompt not in str(span.attributes) and prompt not in str(span.events)
+    for span in receiver.spans:
+        for secret in (UPSTREAM_KEY, CLIENT_KEY, UPSTREAM_KEY[-16:], CLIENT_KEY[-16:]):
+            assert secret not in str(span.attributes) + str(span.events) + str(span.resource)
 
 
 def test_stream_trace_has_time_to_first_chunk_and_usage(traced: GatewayServer, receiver: OtlpReceiver) -> None:

@@ -73,11 +73,14 @@ class Router:
 
     def _model_attempts(self, route: ModelRoute) -> Iterator[Attempt]:
         pool = self.candidates(route)
-        limits = SpeculativeLimits(
-            route.speculative.max_running, route.speculative.max_waiting, route.speculative.max_kv_cache
-        )
         usable = [c for c, _ in pool.values() if c.health.breaker.state != "open"]
-        ranked = order(route.strategy, usable, self._rng, limits) if usable else []
+        if len(usable) > 1:
+            limits = SpeculativeLimits(
+                route.speculative.max_running, route.speculative.max_waiting, route.speculative.max_kv_cache
+            )
+            ranked = order(route.strategy, usable, self._rng, limits)
+        else:  # one target (the common case) or none: nothing to order
+            ranked = usable
         tries = 0
         position = 0
         while tries <= route.retries and ranked:

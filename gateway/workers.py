@@ -35,6 +35,9 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "timeout_keep_alive": 30,
     "timeout_graceful_shutdown": 30,
     "server_header": False,
+    # The gateway never reads the client address, and X-Forwarded-* from a client must not change the
+    # request's scope: no proxy-headers middleware around every request.
+    "proxy_headers": False,
 }
 CRASH_WINDOW_S = 10.0
 log = logging.getLogger("gateway")

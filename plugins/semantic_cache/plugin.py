@@ -121,6 +121,13 @@ class SemanticCache(Plugin):
         if self.link is not None:
             await self.link.close()
 
+    async def flush(self) -> None:
+        """Forget every entry (the admin API's cache flush). Memory store only: a shared index lives in
+        every replica's memory and Redis, and cannot be emptied from one of them consistently yet."""
+        if self.shared is not None:
+            raise RuntimeError("flushing a shared (store: redis) semantic cache is not supported")
+        self.index = SemanticIndex(self.embedder.dimension, self.config.max_entries, self.config.max_bytes)
+
     async def ready(self) -> Readiness | None:
         if self.link is None:
             return Readiness(True, f"{len(self.index or ())} entries in memory")

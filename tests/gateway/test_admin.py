@@ -366,3 +366,42 @@ def test_cors_allows_the_listed_origins_only(
     resp = httpx.get(gw.url + "/admin/keys", headers={"origin": ORIGIN, "authorization": f"Bearer {ADMIN_KEY}"})
     assert resp.status_code == 200
     assert "access-control-allow-origin" not in resp.headers
+
+
+def test_flush_empties_a_memory_semantic_cache_and_refuses_a_shared_one(
+    upstream: FakeUpstream,
+    redis_server: RedisServer,
+    make_gateway: Callable[[str], GatewayServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY)
+    monkeypatch.setenv("ADMIN_TEST_KEY_ENV", KEY_ENV_VALUE)  # team-env: no model restriction
+    semantic = f"""
+  - name: semantic
+    targets: [{{backend: fake, model: echo-model}}]
+    plugins: [{{use: semantic_cache, namespace: sem}}]
+  - name: semantic-shared
+    targets: [{{backend: fake, model: echo-model}}]
+    plugins: [{{use: semantic_cache, namespace: semshared, store: redis, redis_url: "{redis_server.url}"}}]
+"""
+    gw = make_gateway(policy(upstream.url, redis_server.url, extra_model=semantic))
+    headers = {"authorization": f"Bearer {KEY_ENV_VALUE}"}
+    with (
+        httpx.Client(base_url=gw.url, headers=headers, timeout=30) as client,
+        httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin,
+    ):
+        question = f"What is the capital city of Freedonia {uuid.uuid4().hex[:6]}?"
+        assert chat(client, "semantic", question).headers["x-gateway-cache"] == "miss"
+        wait_until(lambda: chat(client, "semantic", question).headers["x-gateway-cache"] == "semantic-hit", 10)
+
+        resp = admin.post("/admin/caches/sem/flush")
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["data"] == [
+            {"plugin": "semantic_cache", "model": "semantic", "flushed": True, "error": None}
+        ]
+        assert chat(client, "semantic", question).headers["x-gateway-cache"] == "miss"
+
+        refused = admin.post("/admin/caches/semshared/flush")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "cache_flush_failed"
+        assert "not supported" in refused.json()["error"]["message"]

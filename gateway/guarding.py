@@ -14,7 +14,7 @@ to the logs, to metrics and to the request context (`GuardVerdict`, for traces) 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from pydantic import Field
 
 from gateway import metrics
 from gateway.errors import error_body
-from gateway.plugin import PluginConfig, RequestContext, Respond
+from gateway.plugin import Continue, Emit, PluginConfig, RequestContext, Respond, StreamDecision
 
 log = logging.getLogger("gateway.guard")
 Stage = Literal["input", "output"]
@@ -216,3 +216,20 @@ class StreamText:
         out, self.pending = self.pending, ""
         self.released += len(out)
         return out
+
+
+async def each_choice(
+    ctx: RequestContext,
+    chunk: dict[str, Any],
+    check: Callable[[RequestContext, dict[str, Any]], Awaitable[StreamDecision]],
+) -> StreamDecision:
+    """A chunk carrying several choices (n > 1), checked one choice at a time by `check` (a guard's
+    on_stream_chunk), so each choice's held-back text stays its own."""
+    out: list[dict[str, Any]] = []
+    for choice in chunk["choices"]:
+        part = {**chunk, "choices": [choice]}
+        decision = await check(ctx, part)
+        if isinstance(decision, Respond):
+            return decision
+        out.extend((part,) if isinstance(decision, Continue) else decision.chunks)
+    return Emit(tuple(out))

@@ -110,3 +110,16 @@ def parse(endpoint: str, raw: bytes, limits: Limits) -> dict[str, Any]:
             param="messages",
         )
     return body  # type: ignore[no-any-return]
+
+
+async def body_chunks(receive: Any) -> AsyncIterator[bytes]:
+    """An ASGI request body as it arrives (ends early if the client disconnects)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if isinstance(body, bytes) and body:
+            yield body
+        if not message.get("more_body", False):
+            return

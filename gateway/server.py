@@ -19,7 +19,7 @@ from litestar import Litestar, Request, Response, asgi, get
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from gateway import admin, metrics, openapi
+from gateway import admin, intake, metrics, openapi
 from gateway.cors import CORSMiddleware
 from gateway.errors import GatewayError, ModelNotFound, error_body
 from gateway.loader import LoadedPolicy
@@ -60,22 +60,10 @@ def _proxy_route(path: str, endpoint: Endpoint) -> Any:
         else:
             proxy: Proxy = scope["app"].state.proxy
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            response = await proxy.handle(endpoint, headers, _body(receive))
+            response = await proxy.handle(endpoint, headers, intake.body_chunks(receive))
         await response(scope, receive, send)
 
     return asgi(path, is_mount=False, copy_scope=False)(handle)
-
-
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body = message.get("body", b"")
-        if isinstance(body, bytes) and body:
-            yield body
-        if not message.get("more_body", False):
-            return
 
 
 chat_completions = _proxy_route("/v1/chat/completions", "chat")

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -135,18 +135,6 @@ def _trace(runtime: Runtime, found: Mapping[str, Any], score: float, comment: st
         span.add_event("gen_ai.feedback", attributes)
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body = message.get("body", b"")
-        if isinstance(body, bytes) and body:
-            yield body
-        if not message.get("more_body", False):
-            return
-
-
 @asgi("/v1/feedback", is_mount=False, copy_scope=False)
 async def feedback_route(scope: Scope, receive: Receive, send: Send) -> None:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -163,7 +151,7 @@ async def feedback_route(scope: Scope, receive: Receive, send: Send) -> None:
         runtime = holder.current
         runtime.enter()  # a reload waits for this before closing the request log
         try:
-            raw = await intake.read_body(_body(receive), headers, runtime.policy.limits)
+            raw = await intake.read_body(intake.body_chunks(receive), headers, runtime.policy.limits)
             response = json_response(200, await submit(runtime, headers, raw), out)
         except GatewayError as exc:
             response = error_response(exc, out)

@@ -24,19 +24,18 @@ from gateway.guarding import (
     blocked_chunk,
     blocked_request,
     chunk_text,
+    each_choice,
     message_texts,
     record,
     set_chunk_text,
 )
 from gateway.plugin import (
     CONTINUE,
-    Continue,
     Emit,
     Plugin,
     Readiness,
     RequestContext,
     RequestDecision,
-    Respond,
     StreamDecision,
 )
 from plugins.guardrails_ai.client import WorkerClient, WorkerConfigError, WorkerUnavailable, log
@@ -165,7 +164,7 @@ class GuardrailsAi(Plugin):
             return CONTINUE
         choices = chunk.get("choices") or []
         if len(choices) > 1:
-            return await self._split(ctx, chunk)
+            return await each_choice(ctx, chunk, self.on_stream_chunk)
         state = self._stream(ctx)
         state.template = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         if not choices:
@@ -202,16 +201,6 @@ class GuardrailsAi(Plugin):
         if outcomes is None or outcomes[0].action in ("block", "error"):
             return None
         return outcomes[0].text
-
-    async def _split(self, ctx: RequestContext, chunk: dict[str, Any]) -> StreamDecision:
-        out: list[dict[str, Any]] = []
-        for choice in chunk["choices"]:
-            part = {**chunk, "choices": [choice]}
-            decision = await self.on_stream_chunk(ctx, part)
-            if isinstance(decision, Respond):
-                return decision
-            out.extend((part,) if isinstance(decision, Continue) else decision.chunks)
-        return Emit(tuple(out))
 
     async def on_stream_end(self, ctx: RequestContext) -> StreamDecision:
         """The upstream ended without a finish chunk for some choice: check and release what is held."""

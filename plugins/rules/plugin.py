@@ -19,11 +19,12 @@ from gateway.guarding import (
     blocked_chunk,
     blocked_request,
     chunk_text,
+    each_choice,
     message_texts,
     record,
     set_chunk_text,
 )
-from gateway.plugin import CONTINUE, Continue, Emit, Plugin, RequestContext, RequestDecision, Respond, StreamDecision
+from gateway.plugin import CONTINUE, Emit, Plugin, RequestContext, RequestDecision, StreamDecision
 from plugins.rules.config import RulesConfig
 from plugins.rules.core import Match, apply, fired, growing, scan, settled_cut, worst
 
@@ -127,7 +128,7 @@ class Rules(Plugin):
             return CONTINUE
         choices = chunk.get("choices") or []
         if len(choices) > 1:  # never seen from OpenAI-style upstreams, but each choice has its own text
-            return await self._split(ctx, chunk)
+            return await each_choice(ctx, chunk, self.on_stream_chunk)
         state = self._stream(ctx)
         state.template = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         if not choices:
@@ -149,16 +150,6 @@ class Rules(Plugin):
             return Emit(())
         set_chunk_text(chunk, out)
         return Emit((chunk,))
-
-    async def _split(self, ctx: RequestContext, chunk: dict[str, Any]) -> StreamDecision:
-        out: list[dict[str, Any]] = []
-        for choice in chunk["choices"]:
-            part = {**chunk, "choices": [choice]}
-            decision = await self.on_stream_chunk(ctx, part)
-            if isinstance(decision, Respond):
-                return decision
-            out.extend((part,) if isinstance(decision, Continue) else decision.chunks)
-        return Emit(tuple(out))
 
     async def on_stream_end(self, ctx: RequestContext) -> StreamDecision:
         """The upstream ended without a finish chunk for some choice: release (or block) what is held."""

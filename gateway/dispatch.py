@@ -27,13 +27,12 @@ from gateway.upstream.base import StreamBroken, UpstreamCall, UpstreamStream
 
 
 class CallRecord:
-    """The upstream call that answered: its GenAI attributes, for metrics and the client span."""
+    """The upstream call that answered: its GenAI attributes, for its metrics once the answer is done."""
 
-    __slots__ = ("attributes", "started")
+    __slots__ = ("attributes",)
 
-    def __init__(self, attributes: dict[str, Any], started: float) -> None:
+    def __init__(self, attributes: dict[str, Any]) -> None:
         self.attributes = attributes
-        self.started = started
 
 
 class PeekedStream:
@@ -119,7 +118,7 @@ async def _attempts(
         transport = runtime.transports[attempt.target.backend]
         attempt.health.started()
         started = time.perf_counter()
-        ctx.put(CallRecord(attributes, started))
+        ctx.put(CallRecord(attributes))
         try:
             async with asyncio.timeout_at(deadline):
                 if stream:

@@ -114,6 +114,7 @@ class RequestContext:
     upstream_s: float = 0.0  # time spent waiting on upstream calls (retries and backoff included)
     ttft_s: float | None = None  # streams: upstream time to the first chunk of the answering attempt
     state: dict[type[Any], Any] = field(default_factory=dict)
+    owned: dict[tuple[int, type[Any]], Any] = field(default_factory=dict)  # see own()
     # Checks a plugin started in on_request that run alongside the upstream call (an LLM judge):
     # each resolves to None (pass) or a Respond; the first Respond cancels the upstream call and
     # is the answer. No answer is released before every veto has passed.
@@ -126,6 +127,21 @@ class RequestContext:
 
     def put(self, value: Any) -> None:
         self.state[type(value)] = value
+
+    def own(self, owner: object, kind: type[T]) -> T:
+        """Per-request state of one plugin instance, made on first use: a chain may hold several
+        entries of the same plugin (a global one and a model's own), each with its own state."""
+        key = (id(owner), kind)
+        found = self.owned.get(key)
+        if found is None:
+            self.owned[key] = found = kind()
+        return found
+
+    def owned_by(self, owner: object, kind: type[T], *, remove: bool = False) -> T | None:
+        """That state if the instance made it (and forgotten with remove=True), else None."""
+        key = (id(owner), kind)
+        found = self.owned.pop(key, None) if remove else self.owned.get(key)
+        return found if isinstance(found, kind) else None
 
 
 class Plugin:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,7 +33,7 @@ def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 class RequestTrace:
-    __slots__ = ("capture", "client", "client_started", "route_span", "span", "telemetry", "tracer")
+    __slots__ = ("capture", "client", "route_span", "span", "telemetry", "tracer")
 
     def __init__(self, telemetry: Telemetry, tracer: trace.Tracer, span: Span) -> None:
         self.telemetry = telemetry
@@ -43,7 +42,6 @@ class RequestTrace:
         self.capture = telemetry.config.capture_content and span.is_recording()
         self.route_span: Span | None = None
         self.client: Span | None = None
-        self.client_started = 0.0
 
     @classmethod
     def start(cls, telemetry: Telemetry, method: str, path: str, headers: Mapping[str, str]) -> RequestTrace:
@@ -128,7 +126,7 @@ class RequestTrace:
             name, context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT, attributes=attributes
         )
         span.set_attribute("gateway.backend", backend)
-        self.client, self.client_started = span, time.perf_counter()
+        self.client = span
         PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
         return carrier
 

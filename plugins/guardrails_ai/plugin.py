@@ -51,13 +51,6 @@ class _Stream:
     unchecked: bool = False  # the worker failed once with on_error allow: the rest passes unchecked
 
 
-@dataclass(slots=True)
-class _Streams:
-    """This request's stream state, one entry per guardrails_ai plugin in the chain (keyed by id(plugin))."""
-
-    by_plugin: dict[int, _Stream] = field(default_factory=dict)
-
-
 class GuardrailsAi(Plugin):
     """Runs guardrails-ai validators (in a worker process of their own) on requests and answers."""
 
@@ -151,10 +144,7 @@ class GuardrailsAi(Plugin):
     # --- streams -------------------------------------------------------------------------------------------
 
     def _stream(self, ctx: RequestContext) -> _Stream:
-        streams = ctx.get(_Streams)
-        if streams is None:
-            ctx.put(streams := _Streams())
-        return streams.by_plugin.setdefault(id(self), _Stream())
+        return ctx.own(self, _Stream)
 
     def _streamed(self, ctx: RequestContext) -> bool:
         return applies(ctx, self.config, "output") and bool(self.config.stage_validators("output"))
@@ -204,8 +194,7 @@ class GuardrailsAi(Plugin):
 
     async def on_stream_end(self, ctx: RequestContext) -> StreamDecision:
         """The upstream ended without a finish chunk for some choice: check and release what is held."""
-        streams = ctx.get(_Streams)
-        state = streams.by_plugin.get(id(self)) if streams else None
+        state = ctx.owned_by(self, _Stream)
         if state is None:
             return CONTINUE
         out: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """llm_judge's phases: thin adapters between the request context and the judge model.
 
-Per-request state lives on the context (`_Judgings`, one slot per llm_judge entry of the chain).
+Per-request state lives on the context (`ctx.own(self, _Judging)`, one per llm_judge entry of the chain).
 
     on_request       parallel: start the judge as a veto beside the upstream call; sequential: await it
     on_response      judge a whole answer; a block empties it with finish_reason content_filter
@@ -57,13 +57,6 @@ class _Judging:
     input_veto: asyncio.Task[Respond | None] | None = None
     texts: dict[int, list[str]] = field(default_factory=dict)  # streamed text per choice index
     held: list[dict[str, Any]] = field(default_factory=list)  # chunks not yet released
-
-
-@dataclass(slots=True)
-class _Judgings:
-    """The ctx.state slot: a chain may hold several llm_judge entries (a global one, a model's own)."""
-
-    by_entry: dict[int, _Judging] = field(default_factory=dict)
 
 
 class LlmJudge(Plugin):
@@ -159,8 +152,7 @@ class LlmJudge(Plugin):
         return Emit(flagged or (blocked_chunk(ctx, None).body,))
 
     async def on_end(self, ctx: RequestContext) -> None:
-        judgings = ctx.get(_Judgings)
-        judging = judgings.by_entry.pop(id(self), None) if judgings else None
+        judging = ctx.owned_by(self, _Judging, remove=True)
         if judging is not None and judging.input_veto is not None and not judging.input_veto.done():
             judging.input_veto.cancel()
 
@@ -202,10 +194,7 @@ class LlmJudge(Plugin):
         return blocked
 
     def _judging(self, ctx: RequestContext) -> _Judging:
-        judgings = ctx.get(_Judgings)
-        if judgings is None:
-            ctx.put(judgings := _Judgings())
-        return judgings.by_entry.setdefault(id(self), _Judging())
+        return ctx.own(self, _Judging)
 
 
 def _policy_models(services: Any) -> Collection[str] | None:

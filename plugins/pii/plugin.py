@@ -6,8 +6,8 @@
     on_stream_chunk  streamed text held back `hold_chars`, released once checked, never splitting PII
     on_stream_end    release (or block) what is still held
 
-Per-request state (`_PiiStates`: the pseudonym vault and the stream buffers) lives on the context, one
-slot per pii entry of the chain. Every analysis runs in a worker thread: spaCy must not stall the loop.
+Per-request state (`_PiiState`: the pseudonym vault and the stream buffers) lives on the context
+(`ctx.own`), one per pii entry of the chain. Every analysis runs in a worker thread: spaCy must not stall the loop.
 """
 
 from __future__ import annotations
@@ -59,11 +59,6 @@ class _Stream:
 class _PiiState:
     vault: Vault = field(default_factory=Vault)
     stream: _Stream | None = None
-
-
-@dataclass(slots=True)
-class _PiiStates:
-    by_entry: dict[int, _PiiState] = field(default_factory=dict)
 
 
 class _AnalysisFailed(Exception):
@@ -255,10 +250,7 @@ class PiiGuard(Plugin):
             raise _AnalysisFailed(f"analysis failed: {type(exc).__name__}: {exc}") from exc
 
     def _state(self, ctx: RequestContext) -> _PiiState:
-        states = ctx.get(_PiiStates)
-        if states is None:
-            ctx.put(states := _PiiStates())
-        return states.by_entry.setdefault(id(self), _PiiState())
+        return ctx.own(self, _PiiState)
 
     def _stream(self, ctx: RequestContext) -> _Stream | None:
         """This request's stream state, made at its first chunk; None when there is nothing to do."""

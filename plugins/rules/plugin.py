@@ -43,13 +43,6 @@ class _Stream:
     template: dict[str, Any] = field(default_factory=dict)  # id, object, created, model of the last chunk
 
 
-@dataclass(slots=True)
-class _Streams:
-    """This request's stream state, one entry per rules plugin in the chain (keyed by id(plugin))."""
-
-    by_plugin: dict[int, _Stream] = field(default_factory=dict)
-
-
 class Rules(Plugin):
     """Regex and keyword deny rules (block, redact or flag) with an allow-list, on requests and answers."""
 
@@ -117,11 +110,7 @@ class Rules(Plugin):
     # --- streams -------------------------------------------------------------------------------------
 
     def _stream(self, ctx: RequestContext) -> _Stream:
-        streams = ctx.get(_Streams)
-        if streams is None:
-            streams = _Streams()
-            ctx.put(streams)
-        return streams.by_plugin.setdefault(id(self), _Stream())
+        return ctx.own(self, _Stream)
 
     async def on_stream_chunk(self, ctx: RequestContext, chunk: dict[str, Any]) -> StreamDecision:
         if not self._applies(ctx, "output"):
@@ -153,8 +142,7 @@ class Rules(Plugin):
 
     async def on_stream_end(self, ctx: RequestContext) -> StreamDecision:
         """The upstream ended without a finish chunk for some choice: release (or block) what is held."""
-        streams = ctx.get(_Streams)
-        state = streams.by_plugin.get(id(self)) if streams else None
+        state = ctx.owned_by(self, _Stream)
         if state is None:
             return CONTINUE
         out: list[dict[str, Any]] = []

@@ -117,7 +117,10 @@ def unavailable() -> Respond:
 
 def cache_control(headers: Mapping[str, str]) -> tuple[bool, bool]:
     """(no_cache, no_store) from the request's Cache-Control header."""
-    value = headers.get("cache-control", "").lower()
+    value = headers.get("cache-control")
+    if not value:
+        return False, False
+    value = value.lower()
     directives = {d.strip().split("=", 1)[0] for d in value.split(",")}
     return "no-cache" in directives, "no-store" in directives
 

@@ -37,8 +37,8 @@ class CORSMiddleware:
             await self.app(scope, receive, send)
             return
         cors = self.holder.current.policy.server.cors
-        origin = _header(scope, b"origin")
-        allowed = _origin_allowed(cors, origin) if cors.allow_origins and origin else None
+        origin = _header(scope, b"origin") if cors.allow_origins else ""
+        allowed = _origin_allowed(cors, origin) if origin else None
         if allowed is None or str(scope.get("path", "")).startswith("/admin"):
             await self.app(scope, receive, send)
             return

@@ -16,8 +16,51 @@ from prometheus_client import (
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output and no dashboard uses them
 
-M = TypeVar("M", Counter, Gauge, Histogram)
 _made: dict[str, Any] = {}
+
+
+class _RememberedChildren:
+    """`labels(...)` remembered per tuple of values.
+
+    prometheus_client validates, converts and locks on every `labels` call (about 2 us); the request path
+    makes several per request with the same few value tuples. Children are created by `self.__class__`, so
+    they are instances of the subclass too (and never call `labels`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._remembered: dict[tuple[object, ...], Any] = {}
+
+    def labels(self, *values: object, **by_name: object) -> Any:
+        if by_name:
+            return super().labels(*values, **by_name)  # type: ignore[misc]
+        child = self._remembered.get(values)
+        if child is None:
+            child = self._remembered[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self._remembered.clear()
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._remembered.clear()
+        super().clear()  # type: ignore[misc]
+
+
+class _Counter(_RememberedChildren, Counter):
+    pass
+
+
+class _Gauge(_RememberedChildren, Gauge):
+    pass
+
+
+class _Histogram(_RememberedChildren, Histogram):
+    pass
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 def _get(kind: type[M], name: str, doc: str, labels: tuple[str, ...], **kwargs: Any) -> M:
@@ -32,15 +75,15 @@ def _get(kind: type[M], name: str, doc: str, labels: tuple[str, ...], **kwargs: 
 
 
 def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-    return _get(Counter, name, doc, labels)
+    return _get(_Counter, name, doc, labels)
 
 
 def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-    return _get(Gauge, name, doc, labels)
+    return _get(_Gauge, name, doc, labels)
 
 
 def histogram(name: str, doc: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] | None = None) -> Histogram:
-    return _get(Histogram, name, doc, labels, **({"buckets": buckets} if buckets else {}))
+    return _get(_Histogram, name, doc, labels, **({"buckets": buckets} if buckets else {}))
 
 
 def exposition() -> tuple[bytes, str]:

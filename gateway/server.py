@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Litestar, Request, Response, asgi, get
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +32,11 @@ from gateway.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway")
 CREATED = int(time.time())
+# The collector's young generation: a request allocates a few hundred containers and frees nearly all of them
+# itself, so the default threshold (700) ran a young collection every ~5 requests and its cascades into the older
+# generations cost ~40 us per request under load (docs/benchmarks.md, Optimisations). 10,000 net allocations
+# between young collections is far above one burst of requests, and still a few MB at most.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 try:
     VERSION = version("llm-gateway")
@@ -47,28 +53,56 @@ def _holder(request: Request[Any, Any, Any]) -> RuntimeHolder:
     return holder
 
 
+PROXY_PATHS: dict[str, Endpoint] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+
+
+async def _proxy(proxy: Proxy, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    response = await proxy.handle(endpoint, headers, intake.body_chunks(receive))
+    await response(scope, receive, send)
+
+
 def _proxy_route(path: str, endpoint: Endpoint) -> Any:
-    """A raw ASGI route: the proxy reads the body and writes the answer itself, so none of Litestar's
-    request parsing or response rendering runs on the hot path (routing and error handling still do)."""
+    """The proxy's routes as Litestar sees them: the 405 for other methods, and a POST that reaches
+    Litestar's router anyway (the fast path in `_ProxyPaths` takes the exact paths first)."""
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         method = str(scope.get("method", "GET"))
         if method != "POST":
             message = f"Method {method} is not allowed on {path}."
             body = error_body(message, "invalid_request_error", None, "method_not_allowed")
-            response: Any = JSONResponse(405, msgspec.json.encode(body), {"allow": "POST"})
-        else:
-            proxy: Proxy = scope["app"].state.proxy
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            response = await proxy.handle(endpoint, headers, intake.body_chunks(receive))
-        await response(scope, receive, send)
+            await JSONResponse(405, msgspec.json.encode(body), {"allow": "POST"})(scope, receive, send)
+            return
+        await _proxy(scope["app"].state.proxy, endpoint, scope, receive, send)
 
     return asgi(path, is_mount=False, copy_scope=False)(handle)
 
 
-chat_completions = _proxy_route("/v1/chat/completions", "chat")
-completions = _proxy_route("/v1/completions", "completions")
-embeddings = _proxy_route("/v1/embeddings", "embeddings")
+class _ProxyPaths:
+    """POSTs to the proxy's exact paths go straight to the proxy, past Litestar's router and exception
+    middleware (the proxy answers every error itself, OpenAI-shaped); everything else goes to Litestar.
+    About 10 us per request on this machine (docs/benchmarks.md, Optimisations)."""
+
+    __slots__ = ("app", "proxy")
+
+    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
+        self.app = app
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        http = scope["type"] == ScopeType.HTTP and scope.get("method") == "POST"
+        endpoint = PROXY_PATHS.get(scope["path"]) if http else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+        else:
+            await _proxy(self.proxy, endpoint, scope, receive, send)
+
+
+chat_completions, completions, embeddings = (_proxy_route(path, e) for path, e in PROXY_PATHS.items())
 
 
 def _model_card(runtime: Runtime, name: str) -> dict[str, Any]:
@@ -192,6 +226,7 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
         # the collector's full passes, which otherwise pause the loop for ~100 ms with torch loaded.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, holder.reload_soon)
@@ -223,6 +258,7 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
         debug=False,
     )
     app.state.holder = holder
-    app.asgi_handler = CORSMiddleware(app.asgi_handler, holder)  # read per request: a reload changes it
     app.state.proxy = Proxy(holder)
+    # CORS is read per request (a reload changes it); it wraps the fast path too.
+    app.asgi_handler = CORSMiddleware(_ProxyPaths(app.asgi_handler, app.state.proxy), holder)
     return app

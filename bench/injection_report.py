@@ -24,13 +24,17 @@ from bench.injection import (
     SPLITS,
     THRESHOLDS,
     Figures,
+    Item,
     Scored,
     Setting,
+    blocked,
     detector,
     figures,
+    load_items,
     near_copies,
     recommend,
     score_all,
+    score_items,
 )
 
 
@@ -54,18 +58,20 @@ def _latency(scored: tuple[Scored, ...]) -> str:
     return "; ".join(parts)
 
 
-def _copies() -> str:
-    found = near_copies()
+def _copies(items: list[Item] | None = None) -> str:
+    found = near_copies(items=items)
     if not found:
         return "none"
     return "; ".join(f"{item.split} {item.text[:40]!r} ~ {line[:40]!r}" for item, line, _, _ in found)
 
 
 def _describe(setting: Setting) -> str:
+    vote = "off" if setting.vote is None else f">= {setting.vote:+.2f}"
     return (
-        f"cosine >= {setting.near} and margin >= {setting.margin:+.2f} (near copy), or cosine >= "
+        f"cosine >= {setting.near} and margin >= {setting.margin:+.2f} (near copy), or kNN vote {vote}, or cosine >= "
         f"{setting.threshold:.2f} and contrast >= {setting.contrast:.2f}; non-Latin: n-gram similarity >= "
-        f"{setting.lexical_threshold:.2f}, margin >= {setting.lexical_margin:+.2f}"
+        f"{setting.lexical_threshold:.2f} and margin >= {setting.lexical_margin:+.2f}, or contrast >= "
+        f"{setting.contrast:.2f}"
     )
 
 
@@ -143,12 +149,60 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_holdout(path: Path, misses: bool = False) -> str:
+    """The shipped defaults on another labelled file (JSONL: text, attack, kind, lang; no split): nothing is tuned."""
+    items = load_items(path, split="holdout")
+    scored = score_items(items)
+    shipped = Setting()
+    guard = detector()
+    attacks = sum(i.attack for i in items)
+    lines = [
+        f"### embedding_guard on {path.name}: shipped defaults, not tuned on this file",
+        "",
+        f"{len(items)} labelled texts: {attacks} attacks / {len(items) - attacks} benign. Preset: "
+        f"{len(guard.examples.attacks)} attack and {len(guard.examples.benign)} benign examples. Target: >= "
+        f"{100 * MIN_ATTACKS_BLOCKED:.0f}% of attacks blocked, <= {100 * MAX_LOOKALIKES_BLOCKED:.0f}% of look-alikes.",
+        "",
+        f"Shipped defaults: {_describe(shipped)}.",
+        "",
+        f"Near copies of preset lines among these texts: {_copies(items)}.",
+        "",
+        "| language | attacks blocked | look-alikes blocked | all benign blocked |",
+        "|---|---|---|---|",
+    ]
+    for lang in ("", *sorted({i.lang for i in items})):
+        f = figures(scored, "holdout", shipped, lang=lang)
+        lines.append(
+            f"| {lang or 'all'} | {_pct(f.attacks_blocked, f.attacks)} | "
+            f"{_pct(f.lookalikes_blocked, f.lookalikes)} | {_pct(f.benign_blocked, f.benign)} |"
+        )
+    lines += ["", "By kind (blocked / texts):", "", "| kind | blocked |", "|---|---|"]
+    for kind in sorted({i.kind for i in items}):
+        f = figures(scored, "holdout", shipped, kind)
+        lines.append(f"| {kind} | {f.attacks_blocked + f.benign_blocked}/{f.attacks + f.benign} |")
+    if misses:
+        wrong = [s for s in scored if blocked(s, shipped) != s.item.attack]
+        lines += ["", f"Misjudged (attack passed, or benign blocked): {len(wrong) or 'none'}", ""]
+        for s in wrong:
+            label = "attack passed" if s.item.attack else "benign blocked"
+            lines.append(f"- {label} ({s.item.kind}, {s.item.lang}): {s.item.text[:160]!r}")
+    lines += ["", f"Latency per check (one text alone, model on CPU, this machine): {_latency(scored)}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--output", type=Path, help="also write the markdown table to this file")
+    parser.add_argument(
+        "--holdout",
+        type=Path,
+        metavar="FILE",
+        help="score this labelled JSONL file (text, attack, kind, lang) with the shipped defaults instead",
+    )
+    parser.add_argument("--misses", action="store_true", help="with --holdout: also list the misjudged texts")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    text = render()
+    text = render_holdout(args.holdout, args.misses) if args.holdout else render()
     sys.stdout.write(text)
     if args.output:
         args.output.write_text(text, encoding="utf-8")

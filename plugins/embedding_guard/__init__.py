@@ -11,15 +11,17 @@
 Each text is embedded (all-MiniLM-L6-v2, off the event loop, batched) and compared with the example sets,
 embedded once at start. It is blocked when it is a near copy of an attack example (cosine >= `near`, and
 nearer it than any benign example by `margin`), when its 3 nearest attack examples are nearer on average
-than its 3 nearest benign ones by `vote`, or when it lies on the attack side of a direction fitted to
-separate the attack examples from the benign ones (`contrast`) while still resembling an attack
-(`threshold`). The latest turn is checked (user text and tool results), long texts also sentence by
-sentence; texts mostly in a non-Latin script are compared by character n-grams, as the English model
-cannot read them. The client learns only that its request was blocked; the nearest example and the score
-go to the logs, `gateway_guard_verdicts_total` and the request context.
+than its 3 nearest benign ones by `vote`, or when a classifier fitted at start to tell the attack examples
+from the benign ones (logistic regression over the model's vectors and the words' character n-grams) says
+attack (`contrast`) while the text still resembles an attack (`threshold`). The latest turn is checked
+(user text and tool results), long texts also sentence by sentence; texts mostly in a non-Latin script find
+their nearest examples by character n-grams, as the English model cannot read them (the classifier reads
+their n-grams). The client learns only that its request was blocked; the nearest example and the score go
+to the logs, `gateway_guard_verdicts_total` and the request context.
 """
 
 from plugins.embedding_guard.config import EmbeddingGuardConfig
+from plugins.embedding_guard.contrast import Contrast, fit_contrast, word_grams
 from plugins.embedding_guard.detect import Detection, decide, score, windows
 from plugins.embedding_guard.detector import Detector
 from plugins.embedding_guard.examples import ExampleSet, collect, read_examples
@@ -29,6 +31,7 @@ PLUGIN = EmbeddingGuard
 
 __all__ = [
     "PLUGIN",
+    "Contrast",
     "Detection",
     "Detector",
     "EmbeddingGuard",
@@ -36,7 +39,9 @@ __all__ = [
     "ExampleSet",
     "collect",
     "decide",
+    "fit_contrast",
     "read_examples",
     "score",
     "windows",
+    "word_grams",
 ]

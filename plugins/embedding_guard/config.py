@@ -13,13 +13,13 @@ from plugins.embedding_guard.examples import Preset
 
 # Chosen by `python -m bench.injection` on the tune split of tests/plugins/injection_eval.jsonl, with the
 # prompt_injection preset and all-MiniLM-L6-v2; another model or example set wants its own tuning.
-DEFAULT_THRESHOLD = 0.40
+DEFAULT_THRESHOLD = 0.30
 DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence about this close
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
 DEFAULT_VOTE = 0.10
-DEFAULT_CONTRAST = 0.90
-DEFAULT_LEXICAL_THRESHOLD = 0.30
-DEFAULT_LEXICAL_MARGIN = 0.0
+DEFAULT_CONTRAST = 0.50
+DEFAULT_LEXICAL_THRESHOLD = 0.15
+DEFAULT_LEXICAL_MARGIN = 0.10
 
 
 class EmbeddingGuardConfig(GuardConfig):
@@ -66,13 +66,14 @@ class EmbeddingGuardConfig(GuardConfig):
         DEFAULT_CONTRAST,
         ge=0,
         le=1,
-        description="Least attack probability along the direction fitted to separate the attack examples from the "
-        "benign ones (without benign examples in the policy, a shipped set of ordinary requests stands in).",
+        description="Least attack probability of the classifier fitted to separate the attack examples from the "
+        "benign ones, over the model's vectors and the words' n-grams (without benign examples in the policy, a "
+        "shipped set of ordinary requests stands in).",
     )
     non_latin: NonLatin = Field(
         "lexical",
-        description="Texts mostly outside the Latin script: compared by character n-grams (lexical), or by the "
-        "model (semantic; for a multilingual model_path).",
+        description="Texts mostly outside the Latin script: nearest examples by character n-grams (lexical), or "
+        "by the model (semantic; for a multilingual model_path); the classifier reads them either way.",
     )
     lexical_threshold: float = Field(
         DEFAULT_LEXICAL_THRESHOLD, ge=0, le=1, description="Least n-gram similarity, for non-Latin texts."

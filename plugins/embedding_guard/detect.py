@@ -5,16 +5,15 @@
                                                  ones, and (given a Contrast) the attack probability
     decide(detection, cfg) -> bool               a near copy of an attack, a kNN vote for the attacks, or on the
                                                  attack side of the contrast
-    fit_contrast(attacks, benign) -> Contrast    the direction that separates the two example sets
     windows(text, max_windows) -> [text, ...]    what to embed for one text: itself, and its sentences when long
     lexical_vector(text)                         hashed character n-grams, for scripts the model cannot read
 
 Cosine similarity alone cannot tell "ignore all previous instructions" from "ignore whitespace in git diff"
 well enough: a small model puts both near "ignore". A benign contrast set helps twice: the nearest attack
-must beat the nearest benign example by a margin, and a direction fitted on both sets says which side of
-the line between them a new wording falls on. The nearest single example is a noisy witness (one lucky
-benign line outvotes a dozen attack lines just behind it); the mean of the KNN nearest on each side is a
-steadier one, and on the tune split it ranks attacks above look-alikes more reliably than either.
+must beat the nearest benign example by a margin, and a classifier fitted on both sets (contrast.py: the
+model's vectors and the words' n-grams) says which side of the line between them a new wording falls on.
+The nearest single example is a noisy witness (one lucky benign line outvotes a dozen attack lines just
+behind it); the mean of the KNN nearest on each side is a steadier one.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
-Matrix = npt.NDArray[np.float32]
+from plugins.embedding_guard.contrast import Contrast, Grams
+from plugins.embedding_guard.contrast import Matrix as Matrix
+
 View = Literal["semantic", "lexical"]
 LEXICAL_DIM = 1 << 14
 LEXICAL_NGRAMS = (2, 3)
@@ -47,7 +47,7 @@ class Detection:
     nearest_example_index: int  # its row in the attack matrix (-1: no attack examples)
     margin: float  # score minus the similarity to the nearest benign example (inf without a benign set)
     view: View = "semantic"  # which vectors were compared: the model's, or character n-grams
-    likelihood: float = 0.0  # attack probability along the fitted attack/benign contrast (0.0 without one)
+    likelihood: float = 0.0  # attack probability of the fitted attack/benign classifier (0.0 without one)
     # Mean similarity of the KNN nearest attack examples minus that of the KNN nearest benign (-inf without benign).
     vote: float = -math.inf
 
@@ -75,64 +75,24 @@ class Thresholds(Protocol):
     def lexical_margin(self) -> float: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Contrast:
-    """A direction that separates the attack examples from the benign ones (logistic regression on them)."""
-
-    weights: Matrix
-    bias: float
-
-    def probability(self, vectors: Matrix) -> Matrix:
-        logits = np.clip(vectors @ self.weights + self.bias, -30.0, 30.0)
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
-
-
-def fit_contrast(attack_matrix: Matrix, benign_matrix: Matrix, l2: float = 0.1, steps: int = 30) -> Contrast | None:
-    """L2-regularised logistic regression, attack (1) against benign (0), each set weighted equally as a whole.
-
-    Nearest-example similarity keys on wording ("ignore", "instructions"): a paraphrase of an attack can sit
-    closer to a benign example than to any attack, and a look-alike closer to an attack. A direction fitted
-    on both sets keys on what the attacks share and the look-alikes lack (speaking to the model about its own
-    rules), and carries over better to wordings the examples do not contain: in 10-fold cross-validation on
-    the prompt_injection preset it ranks a held-out attack above a held-out benign example 95% of the time.
-    Newton's method: deterministic, a few milliseconds for a few hundred examples.
-    """
-    n_attack, n_benign = attack_matrix.shape[0], benign_matrix.shape[0]
-    if n_attack == 0 or n_benign == 0:
-        return None
-    x = np.vstack([attack_matrix, benign_matrix]).astype(np.float64)
-    x = np.hstack([x, np.ones((x.shape[0], 1))])
-    y = np.concatenate([np.ones(n_attack), np.zeros(n_benign)])
-    weight = np.where(y == 1, len(y) / (2 * n_attack), len(y) / (2 * n_benign))
-    penalty = np.full(x.shape[1], l2)
-    penalty[-1] = 0.0  # the bias is not shrunk
-    w = np.zeros(x.shape[1])
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30.0, 30.0)))
-        gradient = x.T @ (weight * (p - y)) + penalty * w
-        curvature = weight * p * (1 - p)
-        hessian = (x * curvature[:, None]).T @ x + np.diag(penalty) + 1e-9 * np.eye(x.shape[1])
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if float(np.max(np.abs(step))) < 1e-6:
-            break
-    return Contrast(w[:-1].astype(np.float32), float(w[-1]))
-
-
 def score(
     query_vec: Matrix,
     attack_matrix: Matrix,
     benign_matrix: Matrix,
     view: View = "semantic",
     contrast: Contrast | None = None,
+    grams: Grams | None = None,
 ) -> Detection:
-    """Similarity of one normalised query vector to the nearest attack and benign examples (rows, normalised)."""
+    """Similarity of one normalised query vector to the nearest attack and benign examples (rows, normalised).
+
+    The contrast, if given, reads the same vector (and the text's n-grams, if given): the semantic view only.
+    """
     if attack_matrix.shape[0] == 0:
         return Detection(-1.0, -1, -math.inf, view, 0.0)
     attack = attack_matrix @ query_vec
     nearest = int(np.argmax(attack))
     best = float(attack[nearest])
-    likelihood = float(contrast.probability(query_vec)) if contrast is not None else 0.0
+    likelihood = contrast.probability(query_vec, grams) if contrast is not None else 0.0
     if not benign_matrix.shape[0]:
         return Detection(best, nearest, math.inf, view, likelihood)  # no vote without a benign side
     benign = benign_matrix @ query_vec
@@ -153,10 +113,12 @@ def decide(detection: Detection, cfg: Thresholds) -> bool:
     any benign example by `margin`); nearer the attack examples than the benign ones by `vote`, averaged
     over the KNN nearest of each; or a new wording on the attack side of the fitted contrast
     (likelihood >= `contrast`) that is still somewhat like an attack example (cosine >= `threshold`).
-    Lexical view: n-gram similarity >= `lexical_threshold`, with a lead of `lexical_margin` over benign.
+    Lexical view: n-gram similarity >= `lexical_threshold`, with a lead of `lexical_margin` over benign; or
+    on the attack side of the contrast (no cosine floor: the model's similarities say little there).
     """
     if detection.view == "lexical":
-        return detection.score >= cfg.lexical_threshold and detection.margin >= cfg.lexical_margin
+        near = detection.score >= cfg.lexical_threshold and detection.margin >= cfg.lexical_margin
+        return near or detection.likelihood >= cfg.contrast
     if cfg.near is not None and detection.score >= cfg.near and detection.margin >= cfg.margin:
         return True
     if cfg.vote is not None and detection.vote >= cfg.vote:

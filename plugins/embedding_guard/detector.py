@@ -1,7 +1,8 @@
 """The example sets as matrices, and one check of a set of texts against them (sync, no I/O).
 
-The plugin and the benchmark share this: they differ only in how semantic vectors are computed (the
-batched `Embedder` off the event loop, or the model called directly).
+The plugin and the benchmark share this: they differ only in how the vectors are computed (the batched
+`Embedder` off the event loop, or the model called directly). Every unit is embedded, whatever its view:
+the contrast reads the model's vector and the n-grams of any text.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from plugins.embedding_guard.contrast import fit_contrast, word_grams
 from plugins.embedding_guard.detect import (
     LEXICAL_DIM,
     Detection,
     Matrix,
     View,
-    fit_contrast,
     lexical_vector,
     mostly_non_latin,
     score,
@@ -52,7 +53,8 @@ class Detector:
         self.examples = examples
         self.attacks = np.ascontiguousarray(attack_vectors, dtype=np.float32)
         self.benign = np.ascontiguousarray(benign_vectors, dtype=np.float32).reshape(-1, self.attacks.shape[1])
-        self.contrast = fit_contrast(self.attacks, self.benign)
+        self.contrast = fit_contrast(self.attacks, self.benign, examples.attacks, examples.benign)
+        self._reads_grams = self.contrast is not None and self.contrast.gram_weights is not None
         # Only non-Latin examples can be near a non-Latin text by n-grams; the rest are left out of that view.
         self.lexical_attacks, self._lexical_rows = _lexical_rows(examples.attacks)
         self.lexical_benign, _ = _lexical_rows(examples.benign)
@@ -65,19 +67,22 @@ class Detector:
             for piece in windows(text, max_windows)
         ]
 
-    def check(self, units: Sequence[Unit], semantic_vectors: Sequence[Matrix]) -> list[Detection]:
-        """One detection per unit; `semantic_vectors` are those of the semantic units, in order."""
-        vectors = iter(semantic_vectors)
+    def check(self, units: Sequence[Unit], vectors: Sequence[Matrix]) -> list[Detection]:
+        """One detection per unit, given the model's vector of each unit, in order."""
+        if len(vectors) != len(units):
+            raise ValueError(f"{len(units)} units but {len(vectors)} vectors")
         out: list[Detection] = []
-        for unit in units:
+        for unit, vector in zip(units, vectors, strict=True):
+            grams = word_grams(unit.text) if self._reads_grams else None
             if unit.view == "semantic":
-                out.append(score(next(vectors), self.attacks, self.benign, contrast=self.contrast))
+                out.append(score(vector, self.attacks, self.benign, contrast=self.contrast, grams=grams))
                 continue
             found = score(lexical_vector(unit.text), self.lexical_attacks, self.lexical_benign, "lexical")
-            if found.nearest_example_index >= 0:  # back to the row in the whole attack set
-                index = int(self._lexical_rows[found.nearest_example_index])
-                found = Detection(found.score, index, found.margin, "lexical")
-            out.append(found)
+            index = found.nearest_example_index
+            if index >= 0:  # back to the row in the whole attack set
+                index = int(self._lexical_rows[index])
+            likelihood = self.contrast.probability(vector, grams) if self.contrast is not None else 0.0
+            out.append(Detection(found.score, index, found.margin, "lexical", likelihood))
         return out
 
     def describe(self, detection: Detection) -> tuple[str, str]:

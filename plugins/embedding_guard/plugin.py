@@ -44,14 +44,19 @@ from gateway.plugin import (
 from plugins.embedding_guard.config import EmbeddingGuardConfig
 from plugins.embedding_guard.detect import Detection, Matrix, decide, ends_sentence, sentences, strongest
 from plugins.embedding_guard.detector import Detector
-from plugins.embedding_guard.examples import collect
+from plugins.embedding_guard.examples import ExampleSet, collect
 
 T = TypeVar("T")
-OFF_LOOP_CHARS = 2000  # sentence splitting and n-grams of longer texts run on a thread
+OFF_LOOP_CHARS = 2000  # sentence splitting of longer texts runs on a thread
+# Scoring more text than this runs on a thread: the classifier's n-grams cost about 0.1 ms per 100 characters.
+CHECK_ON_LOOP_CHARS = 200
 # Example sets already embedded in this process, by (model, texts): a policy reload, or several models
 # using the same preset, do not embed them again. Bounded: a few sets of a few hundred vectors each.
 _EMBEDDED: OrderedDict[tuple[str | None, tuple[str, ...]], Matrix] = OrderedDict()
 _EMBEDDED_MAX = 8
+# Detectors fitted in this process, by (model, example sets): the contrast's fit is not repeated either.
+_FITTED: OrderedDict[tuple[str | None, ExampleSet], Detector] = OrderedDict()
+_FITTED_MAX = 4
 
 SIMILARITY = metrics.histogram(
     "gateway_embedding_guard_similarity",
@@ -108,9 +113,16 @@ class EmbeddingGuard(Plugin):
                 benign_examples=cfg.benign_examples,
                 benign_file=cfg.benign_file,
             )
-            attacks = await self._embed_all(examples.attacks)
-            benign = await self._embed_all(examples.benign)
-            self.detector = await asyncio.to_thread(Detector, examples, attacks, benign)
+            key = (cfg.model_path, examples)
+            if key in _FITTED:
+                _FITTED.move_to_end(key)
+            else:
+                attacks = await self._embed_all(examples.attacks)
+                benign = await self._embed_all(examples.benign)
+                _FITTED[key] = await asyncio.to_thread(Detector, examples, attacks, benign)
+                while len(_FITTED) > _FITTED_MAX:
+                    _FITTED.popitem(last=False)
+            self.detector = _FITTED[key]
         except BaseException:
             await self.embedder.close()
             raise
@@ -141,15 +153,15 @@ class EmbeddingGuard(Plugin):
     async def _detect(self, texts: list[str]) -> Detection | None:
         detector, cfg = self.detector, self.config
         assert detector is not None, "start() was not called"
-        long = sum(len(t) for t in texts) > OFF_LOOP_CHARS
-        units = await _maybe_off_loop(long, detector.units, texts, cfg.max_windows, cfg.non_latin)
+        chars = sum(len(t) for t in texts)
+        units = await _maybe_off_loop(chars > OFF_LOOP_CHARS, detector.units, texts, cfg.max_windows, cfg.non_latin)
         if not units:
             return None
-        semantic = [u.text for u in units if u.view == "semantic"]
         async with asyncio.timeout(cfg.embed_timeout_ms / 1000):
-            vectors = await asyncio.gather(*(self.embedder.embed(t) for t in semantic))
+            vectors = await asyncio.gather(*(self.embedder.embed(u.text) for u in units))
         lexical = any(u.view == "lexical" for u in units)
-        detections = await _maybe_off_loop(long or lexical, detector.check, units, vectors)
+        off_loop = lexical or sum(len(u.text) for u in units) > CHECK_ON_LOOP_CHARS
+        detections = await _maybe_off_loop(off_loop, detector.check, units, vectors)
         return strongest(detections, cfg)
 
     async def _verdict(self, stage: Stage, texts: list[str]) -> GuardVerdict | None:

@@ -256,6 +256,10 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
         exception_handlers={HTTPException: _http_error, GatewayError: _http_error},
         request_max_body_size=None,
         debug=False,
+        # The CLI configures logging (plain lines on stderr). Litestar's default would route every record,
+        # each access-log line included, through a queue to a listener thread: ~0.3 ms of CPU per request
+        # under load, as the two threads pass the GIL back and forth.
+        logging_config=None,
     )
     app.state.holder = holder
     app.state.proxy = Proxy(holder)

@@ -90,7 +90,7 @@ async def _attempts(
     deadline = loop.time() + ctx.route.timeout_s if ctx.route.timeout_s else None
     last: GatewayError | None = None
     last_key: str | None = None
-    instruments = runtime.telemetry.instruments
+    otlp = runtime.telemetry.otlp
     for number, attempt in enumerate(runtime.router.attempts(ctx.route)):
         if last is not None and attempt.key == last_key:  # the same target again: back off first
             wait = backoff_s(number - 1, retry_after=last.headers.get("retry-after"))
@@ -135,7 +135,7 @@ async def _attempts(
             if trace is not None:
                 trace.end_client(error=error)
             if not isinstance(exc, asyncio.CancelledError):
-                genai.record_call(instruments, attributes, time.perf_counter() - started, error)
+                genai.record_call(otlp, attributes, time.perf_counter() - started, error)
             if isinstance(exc, TimeoutError):
                 attempt.record(ok=False, ttft_s=None, total_s=None)
                 last = UpstreamTimeout(
@@ -155,7 +155,7 @@ async def _attempts(
             continue
         elapsed = time.perf_counter() - started
         attempt.record(ok=True, ttft_s=None, total_s=elapsed)
-        genai.record_call(instruments, attributes, elapsed, None)
+        genai.record_call(otlp, attributes, elapsed, None)
         if trace is not None:
             trace.end_route(attempt.target.backend, number + 1)
         return attempt, answer, None

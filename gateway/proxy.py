@@ -32,7 +32,6 @@ from gateway.responses import JSONResponse, SSEResponse, error_response, json_re
 from gateway.router import Attempt
 from gateway.runtime import Runtime, RuntimeHolder
 from gateway.telemetry import RequestTrace, genai
-from gateway.telemetry.genai import TIME_TO_FIRST_TOKEN
 from gateway.upstream.base import UpstreamStream
 from gateway.vetoes import with_vetoes
 
@@ -346,8 +345,9 @@ async def _end_stream_call(
     error = None if status < 500 else ("cancelled" if status == 499 else ctx.error and "stream_interrupted")
     record = ctx.get(CallRecord)
     if record is not None:
-        genai.record_call(runtime.telemetry.instruments, record.attributes, total_s, error)
-        TIME_TO_FIRST_TOKEN.labels(ctx.route.name, ctx.target.backend if ctx.target else "-").observe(ctx.ttft_s or 0)
+        genai.record_call(runtime.telemetry.otlp, record.attributes, total_s, error)
+        backend = ctx.target.backend if ctx.target else "-"
+        genai.record_ttft(runtime.telemetry.otlp, ctx.route.name, backend, ctx.ttft_s or 0)
     trace = ctx.get(RequestTrace)
     if trace is None or trace.client is None:
         return
@@ -363,10 +363,10 @@ def _observe(runtime: Runtime, ctx: RequestContext, status: int, overhead_s: flo
     """Token usage and overhead metrics, and the end of the server span."""
     record = ctx.get(CallRecord)
     if record is not None and ctx.usage and status < 400:
-        genai.record_tokens(runtime.telemetry.instruments, record.attributes, ctx.usage)
+        genai.record_tokens(runtime.telemetry.otlp, record.attributes, ctx.usage)
     if overhead_s is None:
         overhead_s = time.perf_counter() - ctx.started - ctx.upstream_s
-    genai.OVERHEAD.labels(ctx.route.name, "true" if ctx.stream else "false").observe(max(overhead_s, 0.0))
+    genai.record_overhead(runtime.telemetry.otlp, ctx.route.name, ctx.stream, max(overhead_s, 0.0))
     trace = ctx.get(RequestTrace)
     if trace is not None:
         attributes: dict[str, Any] = {"gateway.backend": ctx.target.backend if ctx.target else ""}

@@ -21,15 +21,15 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway.policy import Telemetry as TelemetryConfig
 from gateway.telemetry import genai
-from gateway.telemetry.export import BoundedSpanProcessor, Endpoint, metric_reader, span_exporter
+from gateway.telemetry.export import BoundedSpanProcessor, Endpoint, metric_exporter, span_exporter
+from gateway.telemetry.histograms import Histograms
 from gateway.telemetry.request import RequestTrace, install_routing_provider
 
 __all__ = ["RequestTrace", "Telemetry", "resolve_endpoint"]
@@ -63,8 +63,7 @@ class Telemetry:
         self.endpoint = resolve_endpoint(config, env)
         self.tracer: trace.Tracer | None = None
         self._provider: TracerProvider | None = None
-        self._meters: MeterProvider | None = None
-        self.instruments: genai.OtlpInstruments | None = None
+        self.otlp: Histograms | None = None  # the OTLP metrics (the Prometheus ones are always recorded)
         if self.endpoint is None:
             return
         name = config.service_name if "service_name" in config.model_fields_set else None
@@ -77,14 +76,10 @@ class Telemetry:
         install_routing_provider()
         if not config.otlp_metrics or env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
             return
-        views = [
-            View(instrument_name=n, aggregation=ExplicitBucketHistogramAggregation(b))
-            for n, b in genai.OTLP_BUCKETS.items()
-        ]
-        self._meters = MeterProvider(
-            metric_readers=[metric_reader(self.endpoint, config.metrics_interval_s)], resource=resource, views=views
+        scope = InstrumentationScope("gateway", version)
+        self.otlp = Histograms(
+            genai.OTLP_SPECS, metric_exporter(self.endpoint), resource, scope, config.metrics_interval_s
         )
-        self.instruments = genai.OtlpInstruments(self._meters.get_meter("gateway", version))
 
     @property
     def enabled(self) -> bool:
@@ -98,11 +93,11 @@ class Telemetry:
     def flush(self, timeout_s: float = 10.0) -> None:
         if self._provider is not None:
             self._provider.force_flush(int(timeout_s * 1000))
-        if self._meters is not None:
-            self._meters.force_flush(int(timeout_s * 1000))
+        if self.otlp is not None:
+            self.otlp.force_flush()
 
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
-        if self._meters is not None:
-            self._meters.shutdown()
+        if self.otlp is not None:
+            self.otlp.shutdown()

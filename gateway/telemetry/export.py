@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -56,21 +56,16 @@ def span_exporter(endpoint: Endpoint) -> SpanExporter:
     return HttpSpanExporter(endpoint=endpoint.signal_url("traces"), timeout=EXPORT_TIMEOUT_S)
 
 
-def metric_reader(endpoint: Endpoint, interval_s: float) -> PeriodicExportingMetricReader:
-    exporter: MetricExporter
+def metric_exporter(endpoint: Endpoint) -> MetricExporter:
     if endpoint.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
-        exporter = GrpcMetricExporter(
+        return GrpcMetricExporter(
             endpoint=endpoint.base_url, insecure=endpoint.base_url.startswith("http://"), timeout=EXPORT_TIMEOUT_S
         )
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
-        exporter = HttpMetricExporter(endpoint=endpoint.signal_url("metrics"), timeout=EXPORT_TIMEOUT_S)
-    return PeriodicExportingMetricReader(
-        exporter, export_interval_millis=interval_s * 1000, export_timeout_millis=EXPORT_TIMEOUT_S * 1000
-    )
+    return HttpMetricExporter(endpoint=endpoint.signal_url("metrics"), timeout=EXPORT_TIMEOUT_S)
 
 
 class BoundedSpanProcessor(SpanProcessor):

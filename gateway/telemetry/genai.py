@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway import metrics
+from gateway.telemetry.histograms import Histograms, Spec
 
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "vllm": "vllm"}
@@ -166,31 +167,16 @@ def _texts(content: Any) -> list[str]:
     return []
 
 
-OTLP_BUCKETS: dict[str, tuple[float, ...]] = {
-    "gen_ai.client.token.usage": TOKEN_BUCKETS,
-    "gen_ai.client.operation.duration": DURATION_BUCKETS,
-    "gateway.time_to_first_token": TTFT_BUCKETS,
-    "gateway.overhead": OVERHEAD_BUCKETS,
-}
-
-
-class OtlpInstruments:
-    """The same measurements as the Prometheus histograms above, for the OTLP metrics export."""
-
-    def __init__(self, meter: Any) -> None:
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}", description="Number of input and output tokens used."
-        )
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration."
-        )
-        self.ttft = meter.create_histogram(
-            "gateway.time_to_first_token", unit="s", description="Streams: upstream time to the first chunk."
-        )
-        self.overhead = meter.create_histogram(
-            "gateway.overhead", unit="s", description="Time spent in the gateway outside upstream calls."
-        )
-        self.requests = meter.create_counter("gateway.requests", unit="{request}", description="Requests answered.")
+TOKEN_USAGE_OTLP = "gen_ai.client.token.usage"
+DURATION_OTLP = "gen_ai.client.operation.duration"
+TTFT_OTLP = "gateway.time_to_first_token"
+OVERHEAD_OTLP = "gateway.overhead"
+OTLP_SPECS = (
+    Spec(TOKEN_USAGE_OTLP, "{token}", "Number of input and output tokens used.", TOKEN_BUCKETS),
+    Spec(DURATION_OTLP, "s", "GenAI operation duration.", DURATION_BUCKETS),
+    Spec(TTFT_OTLP, "s", "Streams: upstream time to the first chunk.", TTFT_BUCKETS),
+    Spec(OVERHEAD_OTLP, "s", "Time spent in the gateway outside upstream calls.", OVERHEAD_BUCKETS),
+)
 
 
 def _otlp_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,21 +193,35 @@ def _labels(attributes: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 def record_call(
-    instruments: OtlpInstruments | None, attributes: Mapping[str, Any], duration_s: float, error_type: str | None
+    otlp: Histograms | None, attributes: Mapping[str, Any], duration_s: float, error_type: str | None
 ) -> None:
     """gen_ai.client.operation.duration of one upstream call (error_type set when it failed)."""
     OPERATION_DURATION.labels(*_labels(attributes), error_type or "").observe(duration_s)
-    if instruments is not None:
+    if otlp is not None:
         extra = {"error.type": error_type} if error_type else {}
-        instruments.duration.record(duration_s, {**_otlp_attributes(attributes), **extra})
+        otlp.record(DURATION_OTLP, duration_s, {**_otlp_attributes(attributes), **extra})
 
 
-def record_tokens(instruments: OtlpInstruments | None, attributes: Mapping[str, Any], usage: Mapping[str, Any]) -> None:
+def record_tokens(otlp: Histograms | None, attributes: Mapping[str, Any], usage: Mapping[str, Any]) -> None:
     """gen_ai.client.token.usage (input and output) of the call that answered."""
     labels = _labels(attributes)
     for key, kind in (("prompt_tokens", "input"), ("completion_tokens", "output")):
         value = usage.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             TOKEN_USAGE.labels(*labels, kind).observe(value)
-            if instruments is not None:
-                instruments.token_usage.record(value, {**_otlp_attributes(attributes), "gen_ai.token.type": kind})
+            if otlp is not None:
+                otlp.record(TOKEN_USAGE_OTLP, value, {**_otlp_attributes(attributes), "gen_ai.token.type": kind})
+
+
+def record_ttft(otlp: Histograms | None, model: str, backend: str, ttft_s: float) -> None:
+    """gateway_time_to_first_token_seconds / gateway.time_to_first_token of a stream."""
+    TIME_TO_FIRST_TOKEN.labels(model, backend).observe(ttft_s)
+    if otlp is not None:
+        otlp.record(TTFT_OTLP, ttft_s, {"gateway.model": model, "gateway.backend": backend})
+
+
+def record_overhead(otlp: Histograms | None, model: str, stream: bool, overhead_s: float) -> None:
+    """gateway_overhead_seconds / gateway.overhead: the gateway's own time in one request."""
+    OVERHEAD.labels(model, "true" if stream else "false").observe(overhead_s)
+    if otlp is not None:
+        otlp.record(OVERHEAD_OTLP, overhead_s, {"gateway.model": model, "gateway.stream": stream})

@@ -117,7 +117,12 @@ class OtlpReceiver:
                         for point in metric.histogram.data_points:
                             received.bounds = list(point.explicit_bounds)
                             received.points.append(
-                                {"attributes": _attributes(point.attributes), "count": point.count, "sum": point.sum}
+                                {
+                                    "attributes": _attributes(point.attributes),
+                                    "count": point.count,
+                                    "sum": point.sum,
+                                    "buckets": list(point.bucket_counts),
+                                }
                             )
                     elif kind == "sum":
                         for point in metric.sum.data_points:

@@ -195,12 +195,29 @@ def test_genai_metrics_use_the_spec_buckets_over_otlp_and_prometheus(
     assert duration.unit == "s" and duration.bounds[:3] == [0.01, 0.02, 0.04]
     assert any(p["attributes"]["gen_ai.request.model"] == "echo-model" for p in duration.points)
 
+    assert all(sum(p["buckets"]) == p["count"] for p in usage.points + duration.points)
+
     text = httpx.get(traced.url + "/metrics").text
     assert 'gen_ai_client_token_usage_bucket{gen_ai_operation_name="chat"' in text
     assert 'le="6.7108864e+07"' in text and 'le="4.0"' in text
     assert "gen_ai_client_operation_duration_seconds_bucket" in text
     assert "gateway_overhead_seconds_count" in text
     assert 'gateway_telemetry_spans_exported_total{result="ok"}' in text
+
+
+def test_stream_time_to_first_token_and_overhead_go_out_over_otlp(traced: GatewayServer, receiver: OtlpReceiver) -> None:
+    stream = client(traced).chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": uuid.uuid4().hex}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert receiver.wait_for(lambda: bool(receiver.metric("gateway.time_to_first_token")), timeout=10)
+    ttft = receiver.metric("gateway.time_to_first_token")[-1]
+    assert ttft.unit == "s" and ttft.bounds[0] == 0.001
+    assert any(p["attributes"]["gateway.model"] == "echo" and p["count"] >= 1 for p in ttft.points)
+    assert receiver.wait_for(lambda: bool(receiver.metric("gateway.overhead")))
+    overhead = receiver.metric("gateway.overhead")[-1]
+    streamed = [p for p in overhead.points if p["attributes"]["gateway.stream"] is True]
+    assert streamed and streamed[0]["count"] >= 1 and sum(streamed[0]["buckets"]) == streamed[0]["count"]
 
 
 def test_grpc_export_and_content_capture_redacted_by_the_pii_guard(

@@ -65,6 +65,9 @@ class PeekedStream:
                 await closer()
 
 
+_NO_DEADLINE = contextlib.nullcontext()  # a route without timeout_s: no timer to arm and cancel per call
+
+
 async def dispatch(
     runtime: Runtime, ctx: RequestContext, headers: dict[str, str], *, stream: bool
 ) -> tuple[Attempt, dict[str, Any] | PeekedStream, float | None]:
@@ -120,7 +123,7 @@ async def _attempts(
         started = time.perf_counter()
         ctx.put(CallRecord(attributes))
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(deadline) if deadline is not None else _NO_DEADLINE:
                 if stream:
                     opened = await transport.open_stream(call)
                     peeked = await _peek(opened)

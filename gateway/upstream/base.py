@@ -144,7 +144,9 @@ async def post(
     A stream's headers come when generation starts, so first_byte_s bounds its time to first token;
     a whole answer's headers come when generation ends, so only total_s bounds it.
     """
-    async with asyncio.timeout(timeouts.first_byte_s if stream else timeouts.total_s):
+    if not stream:  # aiohttp's own total timeout (request_timeout) already bounds it
+        return await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts))
+    async with asyncio.timeout(timeouts.first_byte_s):
         return await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts))
 
 

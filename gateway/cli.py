@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.loader import PolicyError, load_file
 from gateway.requestlog import cli as logs_cli
+from gateway.startup_signals import remember_reloads_while_starting
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 
@@ -123,6 +124,7 @@ def _validate(path: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    remember_reloads_while_starting()
     try:
         loaded = load_file(args.config)
     except PolicyError as exc:

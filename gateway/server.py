@@ -29,6 +29,7 @@ from gateway.proxy import Proxy
 from gateway.requestlog.feedback import feedback_route
 from gateway.responses import JSONResponse, error_response, json_response
 from gateway.runtime import Runtime, RuntimeHolder
+from gateway.startup_signals import reload_requested_while_starting
 
 log = logging.getLogger("gateway")
 CREATED = int(time.time())
@@ -230,6 +231,9 @@ def create_app(loaded: LoadedPolicy, policy_path: str | Path | None = None) -> L
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, holder.reload_soon)
+        if reload_requested_while_starting():  # the file may have changed while we were starting: read it again
+            log.info("SIGHUP received while starting: reloading the policy now")
+            holder.reload_soon()
         try:
             yield
         finally:

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from gateway.http_coalesce import CoalescingHttpToolsProtocol
+from gateway.startup_signals import remember_reloads_while_starting
 
 UVICORN_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
@@ -64,7 +65,7 @@ def _die_with_parent() -> None:
 
 def _worker(config: str, host: str, port: int, level: str) -> None:
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only, which stops the workers once
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's own handler is in place (a reload while starting)
+    remember_reloads_while_starting()  # until the app's own handler is in place
     _die_with_parent()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     import uvicorn

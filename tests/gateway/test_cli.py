@@ -269,6 +269,36 @@ def test_serve_answers_health_and_models(serve: Callable[[str], Served], upstrea
     assert answer["choices"][0]["message"]["content"] == "echo: x"
 
 
+def test_sighup_while_starting_is_replayed_once_the_server_is_up(tmp_path: Path, upstream: FakeUpstream) -> None:
+    # embedding_guard loads its model in the start-up phase: seconds in which SIGHUP's default action
+    # (terminate) used to kill the server before its own handler was installed.
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        policy(upstream.url, ("a", "echo-model"), plugins="[{use: embedding_guard, preset: prompt_injection}]")
+    )
+    log = tmp_path / "serve.log"
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*GATEWAY, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    served = Served(process, port, log, config)
+    try:
+        served.wait_for(lambda: "gateway: serving" in log.read_text(), 30, "the start-up line")
+        assert not served.healthy(), "the server came up before the signal: this test needs a slower start"
+        served.reload(policy(upstream.url, ("b", "echo-model")))
+        served.wait_for(served.healthy, 120, "/health after a SIGHUP during start-up")
+        served.wait_for(lambda: served.models() == ["b"], 30, "model b from the file read again")
+        assert served.get("/ready")[1]["policy"]["reloads"] == 1
+        assert "SIGHUP received while starting" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_sighup_reloads_the_policy_and_keeps_it_when_the_new_one_is_broken(
     serve: Callable[[str], Served], upstream: FakeUpstream
 ) -> None:

@@ -11,7 +11,7 @@ PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
 PORT ?= 8080
 CONFIG ?= policies/default.yaml
 
-.PHONY: install guardrails-venv system-deps run test lint format bench schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix
+.PHONY: install guardrails-venv system-deps run test lint format bench soak schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -71,9 +71,12 @@ schema: install  ## regenerate schema/policy.schema.json
 	$(BIN)/gateway schema -o schema/policy.schema.json
 
 SOAK_MINUTES ?= 2
-bench: install system-deps  ## benchmarks -> docs/benchmarks.md; a SOAK_MINUTES soak -> docs/reliability.md
+bench: install system-deps  ## benchmarks and a SOAK_MINUTES soak -> docs/benchmarks.md
 	$(BIN)/python -m bench.run
-	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --output docs/benchmarks.md
+
+soak: install system-deps  ## the 10-minute soak (RSS growth after warm-up <= 10%) -> docs/reliability.md
+	$(BIN)/python -m bench.soak --minutes 10
 
 local-models: install  ## two vLLM servers for Gemma 3 270M on :8000 and :8001 (speculative), on this CPU
 	$(BIN)/python deploy/local/local_models.py up

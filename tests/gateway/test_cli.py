@@ -225,10 +225,11 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[str], Served]]:
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(text: str) -> Served:
+    def start(text: str, wait: bool = True) -> Served:
+        """`wait=False`: return as soon as the process runs (not yet serving)."""
         config = tmp_path / f"policy-{len(started)}.yaml"
         config.write_text(text)
         log = tmp_path / f"serve-{len(started)}.log"
@@ -242,7 +243,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[[str], Served]]:
             )
         served = Served(process, port, log, config)
         started.append(served)
-        served.wait_for(served.healthy, 15, "/health")
+        if wait:
+            served.wait_for(served.healthy, 15, "/health")
         return served
 
     yield start
@@ -269,34 +271,20 @@ def test_serve_answers_health_and_models(serve: Callable[[str], Served], upstrea
     assert answer["choices"][0]["message"]["content"] == "echo: x"
 
 
-def test_sighup_while_starting_is_replayed_once_the_server_is_up(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_sighup_while_starting_is_replayed_once_the_server_is_up(
+    serve: Callable[..., Served], upstream: FakeUpstream
+) -> None:
     # embedding_guard loads its model in the start-up phase: seconds in which SIGHUP's default action
     # (terminate) used to kill the server before its own handler was installed.
-    config = tmp_path / "policy.yaml"
-    config.write_text(
-        policy(upstream.url, ("a", "echo-model"), plugins="[{use: embedding_guard, preset: prompt_injection}]")
-    )
-    log = tmp_path / "serve.log"
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*GATEWAY, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-    served = Served(process, port, log, config)
-    try:
-        served.wait_for(lambda: "gateway: serving" in log.read_text(), 30, "the start-up line")
-        assert not served.healthy(), "the server came up before the signal: this test needs a slower start"
-        served.reload(policy(upstream.url, ("b", "echo-model")))
-        served.wait_for(served.healthy, 120, "/health after a SIGHUP during start-up")
-        served.wait_for(lambda: served.models() == ["b"], 30, "model b from the file read again")
-        assert served.get("/ready")[1]["policy"]["reloads"] == 1
-        assert "SIGHUP received while starting" in log.read_text()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    guarded = policy(upstream.url, ("a", "echo-model"), plugins="[{use: embedding_guard, preset: prompt_injection}]")
+    served = serve(guarded, wait=False)
+    served.wait_for(lambda: "gateway: serving" in served.log.read_text(), 30, "the start-up line")
+    assert not served.healthy(), "the server came up before the signal: this test needs a slower start"
+    served.reload(policy(upstream.url, ("b", "echo-model")))
+    served.wait_for(served.healthy, 120, "/health after a SIGHUP during start-up")
+    served.wait_for(lambda: served.models() == ["b"], 30, "model b from the file read again")
+    assert served.get("/ready")[1]["policy"]["reloads"] == 1
+    assert "SIGHUP received while starting" in served.log.read_text()
 
 
 def test_sighup_reloads_the_policy_and_keeps_it_when_the_new_one_is_broken(

@@ -13,8 +13,9 @@ nothing on it: the honest measurement of new wordings, once the defaults are fix
 The split was fixed before any tuning (items added later were assigned by a hash of their text). ``recommend()``
 picks the shipped defaults on the tune split only: among the settings that block at most MAX_TUNE_LOOKALIKE of the
 look-alikes, those within TOLERANCE of the most attacks blocked (0: the most) and with the fewest benign blocked tie,
-and the middle one of them in order of caution (vote, margin, contrast, near-copy cosine, threshold) is chosen. It
-searches the semantic rules first (cosine floor x fitted contrast x kNN vote; the near-copy rule is fixed, see
+and the middle one of them in order of caution (vote, margin, contrast, window contrast and vote, near-copy cosine,
+threshold) is chosen. It searches the semantic rules first (cosine floor x fitted contrast x the stricter bar for the
+sentence windows of long texts, contrast and kNN vote x kNN vote; the near-copy rule is fixed, see
 NEARS), then the non-Latin n-gram rule. ``recommend(family="margin")`` searches the nearest-example margin rule
 alone, the baseline.
 
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +59,8 @@ TOLERANCE = 0.0
 MAX_WINDOWS = 16
 THRESHOLDS = (0.0, 0.20, 0.30, 0.35, 0.40, 0.45, 0.50)
 CONTRASTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+WINDOW_CONTRASTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)  # the bar for a long text's sentence windows...
+WINDOW_VOTES = (None, -0.05, -0.02, 0.0, 0.02)  # ...and the least kNN vote of a window the classifier blocks
 # The near-copy rule is for near copies and is not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence at about
 # 0.7. Searching it too (a cosine of 0.45 with a slim margin is a 1-nearest-neighbour vote) fits the tune split and
 # fails on new wordings; with five knobs on about a hundred tune attacks, the pick swung with every preset edit.
@@ -90,6 +94,8 @@ class Item:
 class Setting:
     threshold: float = defaults.DEFAULT_THRESHOLD
     contrast: float = defaults.DEFAULT_CONTRAST
+    window_contrast: float = defaults.DEFAULT_WINDOW_CONTRAST
+    window_vote: float | None = defaults.DEFAULT_WINDOW_VOTE
     near: float | None = defaults.DEFAULT_NEAR
     margin: float = defaults.DEFAULT_MARGIN
     vote: float | None = defaults.DEFAULT_VOTE
@@ -129,6 +135,11 @@ class Figures:
     @property
     def benign_rate(self) -> float:
         return self.rate(self.benign_blocked, self.benign)
+
+
+def split_for(text: str) -> str:
+    """The split of an item added after the first tuning: by the parity of the CRC-32 of its UTF-8 text."""
+    return "tune" if zlib.crc32(text.encode("utf-8")) % 2 == 0 else "test"
 
 
 def load_items(path: Path = ITEMS, split: str = "holdout") -> list[Item]:
@@ -198,19 +209,23 @@ class _Table:
     items: tuple[Item, ...]
     owner: npt.NDArray[np.intp]  # the item of each unit
     lexical: npt.NDArray[np.bool_]
+    window: npt.NDArray[np.bool_]
     score: npt.NDArray[np.float64]
     margin: npt.NDArray[np.float64]
     likelihood: npt.NDArray[np.float64]
     vote: npt.NDArray[np.float64]
 
     def blocked(self, setting: Setting) -> npt.NDArray[np.bool_]:
-        semantic = (self.score >= setting.threshold) & (self.likelihood >= setting.contrast)
+        bar = np.where(self.window, max(setting.contrast, setting.window_contrast), setting.contrast)
+        semantic = (self.score >= setting.threshold) & (self.likelihood >= bar)
+        if setting.window_vote is not None:
+            semantic &= ~self.window | (self.vote >= setting.window_vote)
         if setting.near is not None:
             semantic |= (self.score >= setting.near) & (self.margin >= setting.margin)
         if setting.vote is not None:
             semantic |= self.vote >= setting.vote
         lexical = (self.score >= setting.lexical_threshold) & (self.margin >= setting.lexical_margin)
-        lexical |= self.likelihood >= setting.contrast
+        lexical |= self.likelihood >= bar
         hit = np.where(self.lexical, lexical, semantic)
         out = np.zeros(len(self.items), dtype=bool)
         np.logical_or.at(out, self.owner, hit)
@@ -228,6 +243,7 @@ def _table(scored: tuple[Scored, ...], split: str, kind: str, lang: str) -> _Tab
         tuple(s.item for s in rows),
         np.array([n for n, _ in units], dtype=np.intp),
         np.array([d.view == "lexical" for _, d in units], dtype=bool),
+        np.array([d.window for _, d in units], dtype=bool),
         np.array([d.score for _, d in units], dtype=np.float64),
         np.array([d.margin for _, d in units], dtype=np.float64),
         np.array([d.likelihood for _, d in units], dtype=np.float64),
@@ -276,7 +292,9 @@ def _pick(scored: tuple[Scored, ...], settings: list[Setting]) -> Setting:
 
     def caution(s: Setting) -> tuple[float, ...]:
         vote = math.inf if s.vote is None else s.vote
-        return (vote, s.margin, s.contrast, s.near or 0.0, s.threshold, s.lexical_margin, s.lexical_threshold)
+        lexical = (s.lexical_margin, s.lexical_threshold)
+        window = (s.window_contrast, -math.inf if s.window_vote is None else s.window_vote)
+        return (vote, s.margin, s.contrast, *window, s.near or 0.0, s.threshold, *lexical)
 
     return sorted(tied, key=caution)[len(tied) // 2]
 
@@ -289,8 +307,11 @@ def recommend(scored: tuple[Scored, ...] | None = None, family: str = "contrast"
     """
     scored = scored if scored is not None else score_all()
     if family == "contrast":
-        grid = itertools.product(THRESHOLDS, CONTRASTS, NEARS, MARGINS, VOTES)
-        semantic = [Setting(threshold=t, contrast=c, near=n, margin=m, vote=v) for t, c, n, m, v in grid]
+        grid = itertools.product(THRESHOLDS, CONTRASTS, WINDOW_CONTRASTS, WINDOW_VOTES, NEARS, MARGINS, VOTES)
+        semantic = [
+            Setting(threshold=t, contrast=c, window_contrast=w, window_vote=wv, near=n, margin=m, vote=v)
+            for t, c, w, wv, n, m, v in grid
+        ]
     else:  # no contrast or vote arm: a cosine above 1 is never reached
         semantic = [
             Setting(threshold=2.0, contrast=1.0, near=n, margin=m, vote=None)

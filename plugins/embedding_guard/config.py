@@ -18,6 +18,8 @@ DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sente
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
 DEFAULT_VOTE = 0.10
 DEFAULT_CONTRAST = 0.50
+DEFAULT_WINDOW_CONTRAST = 0.85
+DEFAULT_WINDOW_VOTE = -0.05
 DEFAULT_LEXICAL_THRESHOLD = 0.15
 DEFAULT_LEXICAL_MARGIN = 0.10
 
@@ -69,6 +71,20 @@ class EmbeddingGuardConfig(GuardConfig):
         description="Least attack probability of the classifier fitted to separate the attack examples from the "
         "benign ones, over the model's vectors and the words' n-grams (without benign examples in the policy, a "
         "shipped set of ordinary requests stands in).",
+    )
+    window_contrast: float = Field(
+        DEFAULT_WINDOW_CONTRAST,
+        ge=0,
+        le=1,
+        description="Least attack probability for one sentence window of a long text (the higher of this and "
+        "`contrast` applies): a document about security or rules has many sentences that may each look like an attack.",
+    )
+    window_vote: float | None = Field(
+        DEFAULT_WINDOW_VOTE,
+        ge=-2,
+        le=2,
+        description="A sentence window blocked by the classifier rule must also have at least this kNN vote (its "
+        "nearest examples not mostly benign ones); null: no such floor.",
     )
     non_latin: NonLatin = Field(
         "lexical",

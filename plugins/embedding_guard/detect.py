@@ -50,6 +50,7 @@ class Detection:
     likelihood: float = 0.0  # attack probability of the fitted attack/benign classifier (0.0 without one)
     # Mean similarity of the KNN nearest attack examples minus that of the KNN nearest benign (-inf without benign).
     vote: float = -math.inf
+    window: bool = False  # a sentence window of a long text, not a whole text: judged by `window_contrast`
 
 
 class Thresholds(Protocol):
@@ -58,6 +59,12 @@ class Thresholds(Protocol):
 
     @property
     def contrast(self) -> float: ...
+
+    @property
+    def window_contrast(self) -> float: ...
+
+    @property
+    def window_vote(self) -> float | None: ...
 
     @property
     def near(self) -> float | None: ...
@@ -115,15 +122,23 @@ def decide(detection: Detection, cfg: Thresholds) -> bool:
     (likelihood >= `contrast`) that is still somewhat like an attack example (cosine >= `threshold`).
     Lexical view: n-gram similarity >= `lexical_threshold`, with a lead of `lexical_margin` over benign; or
     on the attack side of the contrast (no cosine floor: the model's similarities say little there).
+    A sentence window of a long text must reach `window_contrast` instead of `contrast` (the higher of the two),
+    and on that rule its kNN vote must be at least `window_vote`: a document about security, rules or passwords
+    has a dozen sentences that each get a chance to look like an attack, while an injection hidden in it is a
+    sentence addressed to the model, which the contrast reads as near certain and whose nearest examples are
+    attacks.
     """
+    bar = max(cfg.contrast, cfg.window_contrast) if detection.window else cfg.contrast
     if detection.view == "lexical":
         near = detection.score >= cfg.lexical_threshold and detection.margin >= cfg.lexical_margin
-        return near or detection.likelihood >= cfg.contrast
+        return near or detection.likelihood >= bar
     if cfg.near is not None and detection.score >= cfg.near and detection.margin >= cfg.margin:
         return True
     if cfg.vote is not None and detection.vote >= cfg.vote:
         return True
-    return detection.score >= cfg.threshold and detection.likelihood >= cfg.contrast
+    if detection.window and cfg.window_vote is not None and detection.vote < cfg.window_vote:
+        return False  # the classifier says attack, but the nearest examples are benign ones: a document's sentence
+    return detection.score >= cfg.threshold and detection.likelihood >= bar
 
 
 def strongest(detections: list[Detection], cfg: Thresholds) -> Detection | None:

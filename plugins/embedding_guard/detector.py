@@ -8,7 +8,7 @@ the contrast reads the model's vector and the n-grams of any text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -36,6 +36,7 @@ class Unit:
 
     text: str
     view: View
+    window: bool = False  # one of a long text's sentence windows (not the whole text)
 
 
 def _lexical_rows(texts: Sequence[str]) -> tuple[Matrix, npt.NDArray[np.intp]]:
@@ -62,9 +63,9 @@ class Detector:
     def units(self, texts: Sequence[str], max_windows: int, non_latin: NonLatin = "lexical") -> list[Unit]:
         lexical = non_latin == "lexical" and self.lexical_attacks.shape[0] > 0
         return [
-            Unit(piece, "lexical" if lexical and mostly_non_latin(piece) else "semantic")
+            Unit(piece, "lexical" if lexical and mostly_non_latin(piece) else "semantic", index > 0)
             for text in texts
-            for piece in windows(text, max_windows)
+            for index, piece in enumerate(windows(text, max_windows))
         ]
 
     def check(self, units: Sequence[Unit], vectors: Sequence[Matrix]) -> list[Detection]:
@@ -75,14 +76,15 @@ class Detector:
         for unit, vector in zip(units, vectors, strict=True):
             grams = word_grams(unit.text) if self._reads_grams else None
             if unit.view == "semantic":
-                out.append(score(vector, self.attacks, self.benign, contrast=self.contrast, grams=grams))
+                found = score(vector, self.attacks, self.benign, contrast=self.contrast, grams=grams)
+                out.append(replace(found, window=True) if unit.window else found)
                 continue
             found = score(lexical_vector(unit.text), self.lexical_attacks, self.lexical_benign, "lexical")
             index = found.nearest_example_index
             if index >= 0:  # back to the row in the whole attack set
                 index = int(self._lexical_rows[index])
             likelihood = self.contrast.probability(vector, grams) if self.contrast is not None else 0.0
-            out.append(Detection(found.score, index, found.margin, "lexical", likelihood))
+            out.append(Detection(found.score, index, found.margin, "lexical", likelihood, window=unit.window))
         return out
 
     def describe(self, detection: Detection) -> tuple[str, str]:

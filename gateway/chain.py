@@ -17,11 +17,14 @@ log = logging.getLogger("gateway")
 
 
 class Chain:
-    __slots__ = ("_end", "_request", "_response", "_stream", "_stream_tail", "plugins")
+    __slots__ = ("_end", "_prefetch", "_request", "_response", "_stream", "_stream_tail", "plugins")
 
     def __init__(self, plugins: list[Plugin]) -> None:
         self.plugins = plugins
         indexed = list(enumerate(plugins))
+        # Only worth it behind another request plugin: the first one's work overlaps nothing.
+        first = next((i for i, p in indexed if overrides(p, "on_request")), None)
+        self._prefetch = [p for i, p in indexed if overrides(p, "prefetch") and first is not None and i > first]
         self._request = [(i, p) for i, p in indexed if overrides(p, "on_request")]
         self._response = [(i, p) for i, p in reversed(indexed) if overrides(p, "on_response")]
         self._stream = [(i, p) for i, p in reversed(indexed) if overrides(p, "on_stream_chunk")]
@@ -36,6 +39,11 @@ class Chain:
 
     async def request(self, ctx: RequestContext) -> tuple[Respond | None, int]:
         """Run the request phase; (the early answer or None, how many plugins ran before it)."""
+        for early in self._prefetch:
+            try:
+                early.prefetch(ctx)
+            except Exception:  # an optimisation only: on_request does the work itself
+                log.exception("plugin %s failed in prefetch (request %s)", early.name, ctx.request_id)
         trace = ctx.get(RequestTrace)
         traced = trace is not None and trace.recording
         for i, plugin in self._request:

@@ -99,6 +99,7 @@ class Embedder:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self.dimension = 0
         self.batches = 0
+        self._pending: dict[tuple[str, str, bytes], asyncio.Future[Vector]] = {}  # texts being embedded now
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -135,9 +136,13 @@ class Embedder:
         if cached is not None:
             _vectors.move_to_end(key)
             return cached.copy()  # callers may write to theirs
-        future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        await self._queue.put((text, future))
-        return await future
+        future = self._pending.get(key)
+        if future is None:  # the same text asked for twice at once (a prefetch, then the check) is embedded once
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda _: self._pending.pop(key, None))
+            await self._queue.put((text, future))
+        vector = await asyncio.shield(future)  # one caller giving up must not cancel the others' vector
+        return vector.copy()
 
     async def _run(self) -> None:
         assert self._queue is not None

@@ -164,6 +164,12 @@ class Plugin:
         """For /ready: the state of a dependency this plugin needs, or None if it has none."""
         return None
 
+    def prefetch(self, ctx: RequestContext) -> None:
+        """Called for every plugin that defines it when the request phase starts, before any `on_request`:
+        start slow, side-effect-free work (an embedding) as a task, so it overlaps the plugins that run
+        first. Must not block or change the request; `on_request` still decides on the request as it is
+        by then (if an earlier plugin changed the text, the prefetched work is simply not used)."""
+
     async def on_request(self, ctx: RequestContext) -> RequestDecision:
         return CONTINUE
 

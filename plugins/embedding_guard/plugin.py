@@ -100,6 +100,7 @@ class EmbeddingGuard(Plugin):
         super().__init__(config)
         self.embedder = Embedder(config.model_path, max_batch=config.max_batch)
         self.detector: Detector | None = None
+        self._prefetching: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
         cfg = self.config
@@ -185,12 +186,37 @@ class EmbeddingGuard(Plugin):
         )
         return GuardVerdict(self.name, stage, action, rule, round(found.score, 4), reason)
 
-    async def on_request(self, ctx: RequestContext) -> RequestDecision:
+    def _input_texts(self, ctx: RequestContext) -> list[str] | None:
         cfg = self.config
         if ctx.endpoint == "embeddings" or not applies(ctx, cfg, "input"):
-            return CONTINUE
+            return None
         body = ctx.body if cfg.whole_conversation else latest_turn(ctx.body)
-        verdict = await self._verdict("input", [slot.text for slot in message_texts(body, cfg.roles)])
+        return [slot.text for slot in message_texts(body, cfg.roles)]
+
+    def prefetch(self, ctx: RequestContext) -> None:
+        """Start embedding the request's texts while the plugins before this one (pii) run; `on_request`
+        asks the embedder for the same texts and waits for these vectors (a text an earlier plugin has
+        changed by then is embedded anew, and the request is judged as it goes upstream)."""
+        texts = self._input_texts(ctx)
+        detector = self.detector
+        if not texts or detector is None or sum(len(t) for t in texts) > OFF_LOOP_CHARS:
+            return
+        units = detector.units(texts, self.config.max_windows, self.config.non_latin)
+        for unit in units:
+            task = asyncio.ensure_future(self.embedder.embed(unit.text))
+            self._prefetching.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._prefetched)
+
+    def _prefetched(self, task: asyncio.Future[Any]) -> None:
+        self._prefetching.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here; a failure surfaces in on_request's own call
+
+    async def on_request(self, ctx: RequestContext) -> RequestDecision:
+        texts = self._input_texts(ctx)
+        if texts is None:
+            return CONTINUE
+        verdict = await self._verdict("input", texts)
         if verdict is not None:
             record(ctx, verdict)
             if verdict.action == "block":

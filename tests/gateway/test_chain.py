@@ -460,3 +460,41 @@ def test_request_context_states_are_independent() -> None:
     one, two = make_ctx(), make_ctx()
     one.put(Budget(1))
     assert two.get(Budget) is None
+
+
+class Prefetcher(Plugin):
+    """Records when its prefetch runs; fails it when told to."""
+
+    def __init__(self, tag: str, log: Log, fail: bool = False) -> None:
+        super().__init__(PluginConfig())
+        self.tag = tag
+        self.log = log
+        self.fail = fail
+
+    def prefetch(self, ctx: RequestContext) -> None:
+        self.log.append((self.tag, "prefetch"))
+        if self.fail:
+            raise RuntimeError("prefetch broke")
+
+    async def on_request(self, ctx: RequestContext) -> RequestDecision:
+        self.log.append((self.tag, "request"))
+        return CONTINUE
+
+
+async def test_prefetch_runs_before_the_plugins_ahead_of_it() -> None:
+    log: Log = []
+    chain = Chain([Spy("a", log), Prefetcher("b", log)])
+    assert await chain.request(make_ctx()) == (None, 2)
+    assert log == [("b", "prefetch"), ("a", "request"), ("b", "request")]
+
+
+async def test_a_first_plugin_is_not_prefetched_it_would_overlap_nothing() -> None:
+    log: Log = []
+    await Chain([Prefetcher("a", log), Spy("b", log)]).request(make_ctx())
+    assert log == [("a", "request"), ("b", "request")]
+
+
+async def test_a_failing_prefetch_does_not_fail_the_request() -> None:
+    log: Log = []
+    assert await Chain([Spy("a", log), Prefetcher("b", log, fail=True)]).request(make_ctx()) == (None, 2)
+    assert log == [("b", "prefetch"), ("a", "request"), ("b", "request")]

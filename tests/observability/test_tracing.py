@@ -205,7 +205,9 @@ def test_genai_metrics_use_the_spec_buckets_over_otlp_and_prometheus(
     assert 'gateway_telemetry_spans_exported_total{result="ok"}' in text
 
 
-def test_stream_time_to_first_token_and_overhead_go_out_over_otlp(traced: GatewayServer, receiver: OtlpReceiver) -> None:
+def test_stream_time_to_first_token_and_overhead_go_out_over_otlp(
+    traced: GatewayServer, receiver: OtlpReceiver
+) -> None:
     stream = client(traced).chat.completions.create(
         model="echo", messages=[{"role": "user", "content": uuid.uuid4().hex}], stream=True
     )

@@ -197,9 +197,25 @@ def _sections() -> str:
         + ramp
         + "\n## Prompt-injection guard (embedding_guard)\n\n"
         + injection.report()
+        + _holdout()
         + "\n## RAG retrieval (rag plugin)\n\n"
         + rag.report()
     )
+
+
+def _holdout() -> str:
+    """The injection guard on the held-out file (the product target is judged there, not on the dev split)."""
+    from bench.injection_report import render_holdout
+
+    path = ROOT / "tests" / "plugins" / "injection_holdout.jsonl"
+    if not path.exists():
+        return ""
+    note = (
+        "The dev split above was looked at while the preset and the rules were developed; the held-out file below was "
+        "written apart from both and is where the targets are judged (docs/guards.md says how often it has been "
+        "scored).\n\n"
+    )
+    return "\n" + note + render_holdout(path).replace("### ", "### Held out: ", 1)
 
 
 if __name__ == "__main__":

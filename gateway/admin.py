@@ -24,6 +24,7 @@ from typing import Any
 from litestar import Request, get, post
 from litestar.types import ASGIApp
 
+from gateway import intake
 from gateway.caching import CacheConfig
 from gateway.errors import AuthenticationFailed, GatewayError, ModelNotFound
 from gateway.plugin import Plugin
@@ -46,10 +47,6 @@ class AdminConflict(GatewayError):
     status = 409
     type = "invalid_request_error"
     code = "policy_invalid"
-
-
-def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
 def _presented(headers: Mapping[str, str]) -> str | None:
@@ -82,7 +79,7 @@ def _answer(status: int, payload: Any) -> JSONResponse:
 
 
 def _refused(request: Request[Any, Any, Any]) -> JSONResponse | None:
-    error = authorize(_headers(request))
+    error = authorize(intake.scope_headers(request.scope["headers"]))
     if error is None:
         log.info("admin %s %s", request.method, request.url.path)
         return None

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -17,7 +17,7 @@ from gateway.plugin import Caller
 from gateway.policy import Limits
 from gateway.runtime import Runtime
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # a client x-request-id kept as given
 MAX_MODEL_CHARS = 256
 # Fields some SDKs and proxies use to pick where a request goes or what headers it carries. Backends
 # come only from the policy, so a body that tries to choose one is refused, not silently forwarded.
@@ -29,7 +29,7 @@ ROUTING_FIELDS = frozenset(
 def request_id(headers: Mapping[str, str]) -> str:
     """The client's x-request-id when it is sane (so traces join up), else a fresh one."""
     given = headers.get("x-request-id")
-    if given and _REQUEST_ID.fullmatch(given):
+    if given and REQUEST_ID.fullmatch(given):
         return given
     return uuid.uuid4().hex
 
@@ -110,6 +110,11 @@ def parse(endpoint: str, raw: bytes, limits: Limits) -> dict[str, Any]:
             param="messages",
         )
     return body  # type: ignore[no-any-return]
+
+
+def scope_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An ASGI scope's headers as a dict with lower-case names (a repeated header: its last value)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
 async def body_chunks(receive: Any) -> AsyncIterator[bytes]:

@@ -45,10 +45,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     VERSION = "0.0.0"
 
 
-def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
-
-
 def _holder(request: Request[Any, Any, Any]) -> RuntimeHolder:
     holder: RuntimeHolder = request.app.state.holder
     return holder
@@ -62,8 +58,7 @@ PROXY_PATHS: dict[str, Endpoint] = {
 
 
 async def _proxy(proxy: Proxy, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    response = await proxy.handle(endpoint, headers, intake.body_chunks(receive))
+    response = await proxy.handle(endpoint, intake.scope_headers(scope["headers"]), intake.body_chunks(receive))
     await response(scope, receive, send)
 
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +33,6 @@ log_errors = logging.getLogger("gateway.requestlog")
 MAX_COMMENT_CHARS = 4000
 FLUSH_WAIT_S = 5.0  # a record still queued is written by then, unless the database is struggling
 FIELDS = ("request_id", "score", "comment")
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # what intake.request_id accepts or makes
 
 
 class FeedbackNotFound(GatewayError):
@@ -61,7 +59,7 @@ def parse(raw: bytes) -> tuple[str, float, str | None]:
     if unknown:
         raise InvalidRequest(f"Unknown field {unknown[0]!r}; expected request_id, score, comment.", param=unknown[0])
     request_id, score, comment = body.get("request_id"), body.get("score"), body.get("comment")
-    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+    if not isinstance(request_id, str) or not intake.REQUEST_ID.fullmatch(request_id):
         raise InvalidRequest("request_id must be the x-request-id of an answered request.", param="request_id")
     if isinstance(score, bool) or not isinstance(score, int | float) or not _finite(score):
         raise InvalidRequest("score must be a finite number.", param="score")
@@ -137,7 +135,7 @@ def _trace(runtime: Runtime, found: Mapping[str, Any], score: float, comment: st
 
 @asgi("/v1/feedback", is_mount=False, copy_scope=False)
 async def feedback_route(scope: Scope, receive: Receive, send: Send) -> None:
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    headers = intake.scope_headers(scope["headers"])
     request_id = intake.request_id(headers)
     out = {"x-request-id": request_id}
     method = str(scope.get("method", "GET"))

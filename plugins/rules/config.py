@@ -6,6 +6,7 @@ Every pattern is compiled while the policy loads: a bad one fails the load with 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -131,7 +132,6 @@ class RulesConfig(GuardConfig):
         le=10,
         description="Time budget to scan one text with every pattern, per 64 KiB of text; past it, on_error applies.",
     )
-    _ruleset: RuleSet | None = PrivateAttr(None)
 
     @field_validator("rules")
     @classmethod
@@ -143,19 +143,18 @@ class RulesConfig(GuardConfig):
         return value
 
     def model_post_init(self, context: Any) -> None:
-        self._ruleset = RuleSet(
+        _ = self.ruleset, self.hold  # compiled at load, then plain attribute reads on the request path
+
+    @functools.cached_property
+    def ruleset(self) -> RuleSet:
+        return RuleSet(
             tuple(r.compiled() for r in self.rules),
             tuple(a.matcher for a in self.allow),
             self.allow_scope,
             self.timeout_s,
         )
 
-    @property
-    def ruleset(self) -> RuleSet:
-        assert self._ruleset is not None
-        return self._ruleset
-
-    @property
+    @functools.cached_property
     def hold(self) -> int:
         """Characters a stream holds back: enough for the longest keyword plus one to see its end."""
         return max(self.hold_chars, self.ruleset.longest_keyword + 1)

@@ -50,20 +50,14 @@ class Rules(Plugin):
     Config = RulesConfig
     config: RulesConfig
 
-    def __init__(self, config: RulesConfig) -> None:
-        super().__init__(config)
-        # Read once: the config's properties go through pydantic's private-attribute lookup on every access.
-        self.ruleset = config.ruleset
-        self.hold = config.hold
-
     def _applies(self, ctx: RequestContext, stage: Stage) -> bool:
-        return self.ruleset.checks(stage) and applies(ctx, self.config, stage)
+        return self.config.ruleset.checks(stage) and applies(ctx, self.config, stage)
 
     async def _scan(
         self, text: str, stage: Stage, start: int = 0, *, partial: bool = False
     ) -> tuple[list[Match], int | None]:
         """`scan` (and, for a stream, `growing`) on the loop for a short text, else in a worker thread."""
-        rules = self.ruleset
+        rules = self.config.ruleset
 
         def work(concurrent: bool) -> tuple[list[Match], int | None]:
             matches = scan(text, rules, stage, start=start, concurrent=concurrent)
@@ -131,7 +125,7 @@ class Rules(Plugin):
         choice = choices[0]
         final = bool(choice.get("finish_reason"))
         text = chunk_text(chunk)
-        held = state.held.setdefault(int(choice.get("index") or 0), _Held(StreamText(self.hold)))
+        held = state.held.setdefault(int(choice.get("index") or 0), _Held(StreamText(self.config.hold)))
         if not text and not final:
             return CONTINUE  # a role or tool-call delta: nothing to check
         out = await self._release(ctx, held, text, final)
@@ -192,7 +186,7 @@ class Rules(Plugin):
             self._record(ctx, "output", [m for m in settled if m.action == "block"])
             return None
         self._record(ctx, "output", settled)
-        held.tail = window[max(0, cut - self.hold) : cut]
+        held.tail = window[max(0, cut - self.config.hold) : cut]
         return apply(window[start:cut], [_shift(m, -start) for m in settled])
 
 

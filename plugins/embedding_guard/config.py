@@ -17,9 +17,9 @@ DEFAULT_THRESHOLD = 0.30
 DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence about this close
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
 DEFAULT_VOTE = 0.10
-DEFAULT_CONTRAST = 0.50
-DEFAULT_WINDOW_CONTRAST = 0.85
-DEFAULT_WINDOW_VOTE = -0.05
+DEFAULT_CONTRAST = 0.60
+DEFAULT_WINDOW_CONTRAST = 0.70
+DEFAULT_WINDOW_VOTE = -0.02
 DEFAULT_LEXICAL_THRESHOLD = 0.15
 DEFAULT_LEXICAL_MARGIN = 0.10
 

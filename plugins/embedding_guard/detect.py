@@ -6,6 +6,7 @@
     decide(detection, cfg) -> bool               a near copy of an attack, a kNN vote for the attacks, or on the
                                                  attack side of the contrast
     windows(text, max_windows) -> [text, ...]    what to embed for one text: itself, and its sentences when long
+    unmasked(text)                               the text without invisible characters and look-alike letters
     lexical_vector(text)                         hashed character n-grams, for scripts the model cannot read
 
 Cosine similarity alone cannot tell "ignore all previous instructions" from "ignore whitespace in git diff"
@@ -38,6 +39,19 @@ _MARKS = r".!?\u3002\uff01\uff1f"
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[\u3002\uff01\uff1f])\s*|\s*\n+\s*")
 _SENTENCE_DONE = re.compile(rf"[{_MARKS}][\"')\]]*(?:\s|$)|\n")
 MIN_SENTENCE_CHARS = 24  # shorter pieces ("Hi.", "1.") are joined to the next one: alone they match anything
+# Characters that hide a Latin word from the model and the n-grams while it reads the same to a person: invisible
+# ones inside it ("Ig\u200bnore"), and Cyrillic or Greek letters that look like Latin ones mixed into it
+# ("\u0406gn\u043er\u0435": I, o and e are Cyrillic).
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+_LOOKALIKES = dict(
+    zip(
+        "аеорсухіјѕԁһӏАВЕКМНОРСТХУІЈЅαορνικΑΒΕΖΗΙΚΜΝΟΡΤΧΥ",
+        "aeopcyxijsdhlABEKMHOPCTXYIJSaopvikABEZHIKMNOPTXY",
+        strict=True,
+    )
+)
+_UNMASK = str.maketrans(_LOOKALIKES)
+_WORD = re.compile(r"\w+")
 KNN = 3  # examples per side in the vote: on the tune split 3 ranks attacks over look-alikes best (1, 3, 5, 10 tried)
 
 
@@ -200,6 +214,23 @@ def windows(text: str, max_windows: int, long_chars: int = 160) -> list[str]:
         size = math.ceil(len(parts) / max_windows)
         parts = [" ".join(parts[i : i + size]) for i in range(0, len(parts), size)]
     return [text, *parts]
+
+
+def unmasked(text: str) -> str:
+    """The text without invisible characters, and with look-alike letters read as Latin in words that mix them in.
+
+    Only words that also hold a Latin letter are changed: a Russian or Greek word is left as it is.
+    """
+    text = _INVISIBLE.sub("", text)
+    if not any(c in _LOOKALIKES for c in text):
+        return text
+    return _WORD.sub(lambda m: _unmask_word(m.group(0)), text)
+
+
+def _unmask_word(word: str) -> str:
+    if any("a" <= c <= "z" or "A" <= c <= "Z" for c in word):
+        return word.translate(_UNMASK)
+    return word
 
 
 def mostly_non_latin(text: str) -> bool:

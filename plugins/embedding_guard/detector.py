@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,9 +24,11 @@ from plugins.embedding_guard.detect import (
     lexical_vector,
     mostly_non_latin,
     score,
+    unmasked,
     windows,
 )
 from plugins.embedding_guard.examples import ExampleSet
+from plugins.embedding_guard.fit_cache import fit_cached
 
 NonLatin = Literal["lexical", "semantic"]
 
@@ -50,22 +53,29 @@ def _lexical_rows(texts: Sequence[str]) -> tuple[Matrix, npt.NDArray[np.intp]]:
 class Detector:
     """Attack and benign examples, embedded once, and their contrast; `check` scores texts against them."""
 
-    def __init__(self, examples: ExampleSet, attack_vectors: Matrix, benign_vectors: Matrix) -> None:
+    def __init__(
+        self, examples: ExampleSet, attack_vectors: Matrix, benign_vectors: Matrix, fit_cache: Path | None = None
+    ) -> None:
+        """`fit_cache`: a folder where the fitted contrast is kept between starts (None: fit every time)."""
         self.examples = examples
         self.attacks = np.ascontiguousarray(attack_vectors, dtype=np.float32)
         self.benign = np.ascontiguousarray(benign_vectors, dtype=np.float32).reshape(-1, self.attacks.shape[1])
-        self.contrast = fit_contrast(self.attacks, self.benign, examples.attacks, examples.benign)
+        if fit_cache is None:
+            self.contrast = fit_contrast(self.attacks, self.benign, examples.attacks, examples.benign)
+        else:
+            self.contrast = fit_cached(self.attacks, self.benign, examples.attacks, examples.benign, fit_cache)
         self._reads_grams = self.contrast is not None and self.contrast.gram_weights is not None
         # Only non-Latin examples can be near a non-Latin text by n-grams; the rest are left out of that view.
         self.lexical_attacks, self._lexical_rows = _lexical_rows(examples.attacks)
         self.lexical_benign, _ = _lexical_rows(examples.benign)
 
     def units(self, texts: Sequence[str], max_windows: int, non_latin: NonLatin = "lexical") -> list[Unit]:
+        """What to embed and score: each text (with invisible and look-alike letters undone) and its sentences."""
         lexical = non_latin == "lexical" and self.lexical_attacks.shape[0] > 0
         return [
             Unit(piece, "lexical" if lexical and mostly_non_latin(piece) else "semantic", index > 0)
             for text in texts
-            for index, piece in enumerate(windows(text, max_windows))
+            for index, piece in enumerate(windows(unmasked(text), max_windows))
         ]
 
     def check(self, units: Sequence[Unit], vectors: Sequence[Matrix]) -> list[Detection]:

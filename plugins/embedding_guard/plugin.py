@@ -45,6 +45,7 @@ from plugins.embedding_guard.config import EmbeddingGuardConfig
 from plugins.embedding_guard.detect import Detection, Matrix, decide, ends_sentence, sentences, strongest
 from plugins.embedding_guard.detector import Detector
 from plugins.embedding_guard.examples import ExampleSet, collect
+from plugins.embedding_guard.fit_cache import default_directory
 
 T = TypeVar("T")
 OFF_LOOP_CHARS = 2000  # sentence splitting of longer texts runs on a thread
@@ -54,7 +55,8 @@ CHECK_ON_LOOP_CHARS = 200
 # using the same preset, do not embed them again. Bounded: a few sets of a few hundred vectors each.
 _EMBEDDED: OrderedDict[tuple[str | None, tuple[str, ...]], Matrix] = OrderedDict()
 _EMBEDDED_MAX = 8
-# Detectors fitted in this process, by (model, example sets): the contrast's fit is not repeated either.
+# Detectors fitted in this process, by (model, example sets): the contrast's fit is not repeated either (and across
+# processes, the fitted contrast is read back from the disk cache: fit_cache.py).
 _FITTED: OrderedDict[tuple[str | None, ExampleSet], Detector] = OrderedDict()
 _FITTED_MAX = 4
 
@@ -120,7 +122,7 @@ class EmbeddingGuard(Plugin):
             else:
                 attacks = await self._embed_all(examples.attacks)
                 benign = await self._embed_all(examples.benign)
-                _FITTED[key] = await asyncio.to_thread(Detector, examples, attacks, benign)
+                _FITTED[key] = await asyncio.to_thread(Detector, examples, attacks, benign, default_directory())
                 while len(_FITTED) > _FITTED_MAX:
                     _FITTED.popitem(last=False)
             self.detector = _FITTED[key]

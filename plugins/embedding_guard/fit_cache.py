@@ -6,7 +6,8 @@ A file is named by a digest of everything the fit reads: the examples' vectors (
 texts, the fit's parameters and the n-gram hashing; any change is a new name. A file that cannot be read, or does not
 hold what a fit returns, counts as absent: the contrast is fitted again and the file replaced. Files are written to a
 temporary name and renamed into place, so a reader never sees half a file, and two processes starting at once at
-worst both fit. A cache that cannot be written is skipped silently: it only saves time.
+worst both fit. A cache that cannot be written is skipped with a warning: it only saves time. The 8 newest fits
+are kept (`KEEP`).
 """
 
 from __future__ import annotations

@@ -461,6 +461,8 @@ async def test_no_done(upstream: FakeUpstream) -> None:
 
 
 async def test_stream_counters(upstream: FakeUpstream) -> None:
+    # An earlier test's stream may still be finishing on the server's thread after its client has read it all.
+    assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.open_streams == 0)
     completed = upstream.completed_streams
     cancelled = upstream.cancelled_streams
     await post(upstream.url + "/v1/chat/completions", {"model": "m", "messages": user("hi"), "stream": True})

@@ -423,6 +423,7 @@ class FakeUpstream:
 
     async def _start_server(self) -> None:
         app = web.Application(middlewares=[self._record], client_max_size=_MAX_REQUEST_BYTES)
+        app.on_response_prepare.append(_set_session_cookie)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -490,13 +491,6 @@ class FakeUpstream:
         response: web.StreamResponse = await handler(request)
         return response
 
-    def _count_stream(self, *, cancelled: bool) -> None:
-        with self._lock:
-            if cancelled:
-                self.cancelled_streams += 1
-            else:
-                self.completed_streams += 1
-
     # --- shared response plumbing ---
 
     async def _fault_response(
@@ -539,28 +533,31 @@ class FakeUpstream:
             # The stream still ends cleanly at the HTTP level; only the SSE terminator is missing.
             response.force_close()
         content_sent = 0
+        outcome: str | None = "cancelled"  # None: a deliberate cut, counted as neither
         with self._lock:
             self.open_streams += 1
         try:
             await response.prepare(request)
             for event in events:
                 if behaviour.kind == "cut-stream" and event.content and content_sent == CUT_STREAM_AFTER:
+                    outcome = None
                     return _drop_connection(request, abrupt=False)
                 # Yield between events so each one leaves as its own write, like a real model.
                 await asyncio.sleep(behaviour.delay)
                 await response.write(event.data)
                 content_sent += event.content
             await response.write_eof()
+            outcome = "completed"
         except ConnectionError:
-            self._count_stream(cancelled=True)
             return response
-        except asyncio.CancelledError:
-            self._count_stream(cancelled=True)
-            raise
         finally:
+            # One locked step: a test that sees no open stream also sees every finished one counted.
             with self._lock:
                 self.open_streams -= 1
-        self._count_stream(cancelled=False)
+                if outcome == "cancelled":
+                    self.cancelled_streams += 1
+                elif outcome == "completed":
+                    self.completed_streams += 1
         return response
 
     def _next_id(self) -> int:
@@ -795,6 +792,14 @@ def _tool_call(name: str) -> dict[str, Any]:
         "type": "function",
         "function": {"name": name, "arguments": TOOL_ARGUMENTS},
     }
+
+
+async def _set_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer sets a cookie, as the load balancers in front of real providers do (Cloudflare's
+    __cf_bm on api.openai.com): a gateway must never send it back on a later call, which may be another caller's."""
+    # A header, not response.set_cookie(): aiohttp 3.14 has already rendered its cookies when this signal runs.
+    session = hashlib.sha256(str(time.monotonic_ns()).encode()).hexdigest()[:16]
+    response.headers.add("Set-Cookie", f"fake-session={session}; Path=/")
 
 
 def _chat_stream_events(

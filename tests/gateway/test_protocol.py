@@ -6,9 +6,12 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
-from gateway.protocol import check
+from gateway.protocol import ChatCompletionRequest, _chat_is_valid, check
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -161,3 +164,140 @@ def test_integers_are_accepted_for_float_fields() -> None:
 
 def test_assistant_message_may_have_no_content() -> None:
     check("chat", {"model": "m", "messages": [*USER, {"role": "assistant", "content": None}]})
+
+
+# The msgspec mirror (`_Chat`) is a fast path: it may send a valid body on to pydantic, but it must never
+# accept a body that pydantic rejects.
+def _pydantic_accepts(body: Any) -> bool:
+    try:
+        ChatCompletionRequest.model_validate(body, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat(),
+        chat(stream=True, stream_options={"include_usage": True}, temperature=0.7, top_p=1, n=2, max_tokens=5),
+        chat(stop=["a", "b"], user="u", response_format={"type": "json_object"}, seed=3),
+        chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+        chat(tool_choice={"type": "function", "function": {"name": "f"}}),
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "1", "content": "42"},
+            ],
+        },
+    ],
+)
+def test_valid_chat_bodies_take_the_fast_path(body: dict[str, Any]) -> None:
+    assert _chat_is_valid(body)
+    assert _pydantic_accepts(body)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+_DELETE = object()
+# Values at and around every bound and type the models check.
+_EDGES = [
+    *(_DELETE, None, True, False, 0, 1, -1, 2, 2.0, 2.5, 0.5, -0.1, 128, 129, 2**63, 2**64),
+    *("", "x", "user", "f" * 64, "f" * 65, "function", "json_object", "xml"),
+    *([], {}, [1], ["a"], [{"type": "text"}], [{"type": ""}], {"type": "text"}, {"name": "f"}),
+]
+_odd = st.one_of(st.sampled_from(_EDGES), _json)  # ...or anything at all
+
+
+def _base() -> dict[str, Any]:
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    return {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "s"}]},
+            {"role": "user", "content": "hi", "name": "n"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "42", "tool_call_id": "1"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "n": 1,
+        "temperature": 1.0,
+        "top_p": 0.5,
+        "max_tokens": 5,
+        "max_completion_tokens": 5,
+        "stop": ["x"],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {}}}],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_schema"},
+        "user": "u",
+    }
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a body: each key of each object and each item of each list."""
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+_PATHS = _paths(_base())
+
+
+def _change(body: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    parent: Any = body
+    try:
+        for part in path[:-1]:
+            parent = parent[part]
+        if value is _DELETE:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    except (KeyError, IndexError, TypeError):
+        pass  # an earlier change removed or replaced this place
+
+
+@st.composite
+def _chat_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid chat body with two or three places changed to an odd value (or removed)."""
+    body = _base()
+    for _ in range(draw(st.integers(2, 3))):
+        _change(body, draw(st.sampled_from(_PATHS)), draw(_odd))
+    return body
+
+
+def test_the_unchanged_body_takes_the_fast_path() -> None:
+    assert _chat_is_valid(_base())
+    assert _pydantic_accepts(_base())
+
+
+def test_one_change_anywhere_is_judged_as_pydantic_judges_it() -> None:
+    """Every place in the body set to every edge value, one at a time: the two never disagree here."""
+    judged = 0
+    for path in _PATHS:
+        for value in _EDGES:
+            body = _base()
+            _change(body, path, value)
+            assert _chat_is_valid(body) == _pydantic_accepts(body), (path, value)
+            judged += 1
+    assert judged > 1000
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_chat_bodies())
+def test_the_fast_path_never_accepts_what_pydantic_rejects(body: dict[str, Any]) -> None:
+    fast = _chat_is_valid(body)
+    event(f"fast path accepts: {fast}")  # --hypothesis-show-statistics: a few percent do
+    if fast:
+        assert _pydantic_accepts(body), body

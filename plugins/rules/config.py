@@ -21,6 +21,7 @@ from plugins.rules.core import (
     RuleSyntaxError,
     compile_keywords,
     compile_pattern,
+    literal_prefix,
 )
 
 
@@ -67,11 +68,17 @@ class _Matching(BaseModel):
 
     def model_post_init(self, context: Any) -> None:
         if self.pattern is not None:
-            self._matcher = Matcher(compile_pattern(self.pattern, self.case_sensitive), frozenset(self.stages))
+            self._matcher = Matcher(
+                compile_pattern(self.pattern, self.case_sensitive),
+                frozenset(self.stages),
+                prefix=literal_prefix(self.pattern, ignore_case=not self.case_sensitive),
+                ignore_case=not self.case_sensitive,
+            )
         elif self.keywords is not None:
             pattern, longest = compile_keywords(self.keywords, self.case_sensitive)
             bounded = not any(len(k.split()) > 1 for k in self.keywords)
-            self._matcher = Matcher(pattern, frozenset(self.stages), longest, bounded)
+            steps = sum(len(k) for k in self.keywords) + len(self.keywords)
+            self._matcher = Matcher(pattern, frozenset(self.stages), longest, bounded, steps_per_char=steps)
 
     @property
     def matcher(self) -> Matcher:

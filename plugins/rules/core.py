@@ -7,6 +7,13 @@ through); past it, `scan` raises TimeoutError and the plugin applies the guard's
 A static "nested quantifier" check was rejected: it refuses useful patterns and still misses
 exponential ones such as `(a|aa)+$`; a size cap alone only makes the stall shorter.
 
+The timeout itself costs ~3 us per pattern and text (the regex module's set-up), about as much as the
+match, so two kinds of pattern skip it where it cannot be needed (`_spans`):
+- keyword lists are alternations of escaped words with one-character lookarounds: matching takes at most
+  (text length x keyword characters) steps, so a scan under `UNTIMED_STEPS` of them runs untimed;
+- a pattern that starts with plain text (`sk-...`, `AKIA...`, `ghp_...`: `literal_prefix`) cannot match a
+  text without that prefix, which one `str` search (case-folded when the rule ignores case) rules out.
+
 Keywords match as whole words, case-insensitively unless the rule says otherwise, with any run of
 whitespace between the words of a phrase. At an edge written in a script without spaces between
 words and particles (Hangul, Han, kana, Thai) there is no word boundary: "폭탄" matches in "폭탄을".
@@ -14,6 +21,7 @@ words and particles (Hangul, Han, kana, Thai) there is no word boundary: "폭탄
 
 from __future__ import annotations
 
+import string
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -66,6 +74,9 @@ class Matcher:
     stages: frozenset[Stage]
     longest_keyword: int = 0
     bounded: bool = False  # matches no more than longest_keyword characters (single-word keywords)
+    steps_per_char: int = 0  # keywords: worst-case matching steps per character of text (0: unknown)
+    prefix: str = ""  # every match starts with this text ("": no such guarantee)
+    ignore_case: bool = False  # compare `prefix` case-folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,34 @@ class Match:
     start: int
     end: int
     replacement: str
+
+
+UNTIMED_STEPS = 1_000_000  # ~ms of matching: below it, a keyword scan needs no timeout
+PREFIX_CHARS = frozenset(string.ascii_letters + string.digits + "-_:/@=")
+# Ignoring case, the regex module matches "I" to the dotless i (U+0131), which does not case-fold to "i": a prefix
+# compared case-folded must stop there. (Every other prefix character is safe to compare case-folded:
+# tests/plugins/test_rules_scan.py checks that over all of Unicode.)
+FOLD_UNSAFE = frozenset("I")
+_REPEATS = frozenset("*+?{")
+
+
+def literal_prefix(source: str, ignore_case: bool = False) -> str:
+    """Plain text that every match of the regular expression `source` starts with; "" when unsure.
+
+    Deliberately narrow: no alternation or inline flag anywhere, and only characters that mean themselves
+    (letters, digits, `-_:/@=`) from the very start; a character followed by a repeat is not required.
+    With `ignore_case` the prefix is returned case-folded, for comparison with case-folded text.
+    """
+    if "|" in source or "(?" in source:
+        return ""
+    end = 0
+    while end < len(source) and source[end] in PREFIX_CHARS and not (ignore_case and source[end] in FOLD_UNSAFE):
+        end += 1
+    if end < len(source) and source[end] in _REPEATS:
+        end -= 1
+    if end < 2:
+        return ""
+    return source[:end].casefold() if ignore_case else source[:end]
 
 
 def compile_pattern(source: str, case_sensitive: bool) -> _Pattern:
@@ -148,8 +187,12 @@ def scan(text: str, rules: RuleSet, stage: Stage, *, start: int = 0, concurrent:
     match at all (`allow_scope: text`). Raises TimeoutError past the rule set's time budget.
     """
     deadline = time.monotonic() + rules.budget(text)
+    # The text case-folded (all of it for the allow-list, from `start` for deny rules), made once if a
+    # case-insensitive prefix needs it.
+    folded_all: list[str] = []
+    folded: list[str] = []
     allowed = [
-        span for m in rules.allow if stage in m.stages for span in _spans(m.pattern, text, 0, deadline, concurrent)
+        span for m in rules.allow if stage in m.stages for span in _spans(m, text, 0, deadline, concurrent, folded_all)
     ]
     if allowed and rules.allow_scope == "text":
         return []
@@ -157,15 +200,32 @@ def scan(text: str, rules: RuleSet, stage: Stage, *, start: int = 0, concurrent:
     for rule in rules.deny:
         if stage not in rule.matcher.stages:
             continue
-        for s, e in _spans(rule.matcher.pattern, text, start, deadline, concurrent):
+        for s, e in _spans(rule.matcher, text, start, deadline, concurrent, folded):
             if not any(a <= s and e <= b for a, b in allowed):
                 found.append(Match(rule.name, rule.action, s, e, rule.replacement))
     found.sort(key=lambda m: (m.start, -m.end))
     return found
 
 
-def _spans(pattern: _Pattern, text: str, start: int, deadline: float, concurrent: bool) -> Iterator[tuple[int, int]]:
-    for match in pattern.finditer(text, start, timeout=_left(deadline), concurrent=concurrent or None):
+def _spans(
+    matcher: Matcher, text: str, start: int, deadline: float, concurrent: bool, folded: list[str]
+) -> Iterator[tuple[int, int]]:
+    """Non-empty matches at or after `start`. `folded` caches text[start:].casefold() across matchers."""
+    prefix = matcher.prefix
+    if prefix:
+        if not matcher.ignore_case:
+            if text.find(prefix, start) < 0:
+                return
+        else:
+            if not folded:
+                folded.append(text[start:].casefold())
+            if prefix not in folded[0]:  # `prefix` is stored case-folded
+                return
+    if matcher.steps_per_char and (len(text) - start + 1) * matcher.steps_per_char <= UNTIMED_STEPS:
+        found = matcher.pattern.finditer(text, start, concurrent=concurrent or None)
+    else:
+        found = matcher.pattern.finditer(text, start, timeout=_left(deadline), concurrent=concurrent or None)
+    for match in found:
         s, e = match.span()
         if e > s:  # an empty match has nothing to block or redact
             yield s, e

@@ -6,13 +6,14 @@ import time
 from typing import Any
 
 import pytest
+import regex  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from gateway import registry
 from gateway.guarding import Stage
 from gateway.loader import PolicyError, load_text
 from plugins.rules import PLUGIN, Match, Rules, RulesConfig, apply, scan
-from plugins.rules.core import growing, settled_cut
+from plugins.rules.core import FOLD_UNSAFE, PREFIX_CHARS, growing, literal_prefix, settled_cut
 
 
 def config(*rules: dict[str, Any], **options: Any) -> RulesConfig:
@@ -213,6 +214,98 @@ def test_time_budget_grows_with_the_text_so_padding_cannot_force_a_timeout() -> 
     rules = config(rule(pattern="x"), timeout_s=0.1).ruleset
     assert rules.budget("a" * 100) == pytest.approx(0.1)
     assert rules.budget("a" * (4 * 1024 * 1024)) == pytest.approx(6.5)
+
+
+def test_catastrophic_regex_behind_a_literal_prefix_still_times_out() -> None:
+    # The prefix only rules texts out; a text that has it gets the full, timed match.
+    cfg = config(rule(pattern=r"key-(a|aa)+$"), timeout_s=0.05)
+    assert found("no prefix here " + "a" * 60, cfg) == []
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        scan("key-" + "a" * 60 + "!", cfg.ruleset, "input")
+    assert time.monotonic() - began < 1.0
+
+
+def test_short_keyword_scans_skip_the_timeout_and_long_ones_keep_it() -> None:
+    # An already spent budget: a timed scan raises at once, an untimed one (bounded by construction) does not.
+    cfg = config(rule(keywords=["secret plan", "launch code"]), timeout_s=1e-12)
+    assert found("the launch   code is here", cfg) == ["launch   code"]
+    many = config(rule(keywords=[f"word{i}" for i in range(2000)]), timeout_s=1e-12)
+    with pytest.raises(TimeoutError):
+        scan("x " * 1000, many.ruleset, "input")
+
+
+# --- patterns that start with plain text ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "prefix"),
+    [
+        (r"sk-[A-Za-z0-9]{20,}", "sk-"),
+        (r"AKIA[0-9A-Z]{16}", "AKIA"),
+        (r"ghp_\w{36}", "ghp_"),
+        (r"xoxb-\d+", "xoxb-"),
+        (r"Bearer\s+\S+", "Bearer"),
+        (r"abc+", "ab"),  # the repeated character is not required
+        (r"abc?d", "ab"),
+        (r"abc{2}", "ab"),
+        (r"ab*", ""),  # one character: not worth it
+        (r"sk-\w+|AKIA\w+", ""),  # an alternation anywhere
+        (r"key(?:-\w+|_\d+)", ""),
+        (r"(?i)sk-\w+", ""),  # inline flags anywhere
+        (r"sk(?i)-\w+", ""),
+        (r"^sk-\w+", ""),
+        (r"\bsk-\w+", ""),
+        (r"s.k", ""),
+        (r"[s]k-", ""),
+    ],
+)
+def test_literal_prefix(source: str, prefix: str) -> None:
+    assert literal_prefix(source) == prefix
+
+
+def test_literal_prefix_ignoring_case_is_folded_and_stops_at_a_capital_i() -> None:
+    assert literal_prefix("SK-[a-z]+", ignore_case=True) == "sk-"
+    assert literal_prefix("AKIA[0-9]+", ignore_case=True) == "ak"
+    assert literal_prefix("AKIA[0-9]+") == "AKIA"
+    # The regex module matches a capital I to the dotless i, which does not fold to "i".
+    cfg = config(rule(pattern=r"TOKEN-ID\d+"))
+    assert found("token-\u0131d42", cfg) == ["token-\u0131d42"]
+
+
+def test_a_prefixed_pattern_still_ignores_case_as_the_regex_module_does() -> None:
+    cfg = config(rule(pattern=r"sk-[a-z0-9]{8,}"))  # case-insensitive by default
+    text = "a SK-ABCDEFGH12 and an \u017fk-abcdefgh (long s) and a s\u212a-abcdefgh (Kelvin sign)"
+    assert found(text, cfg) == ["SK-ABCDEFGH12", "\u017fk-abcdefgh", "s\u212a-abcdefgh"]
+    exact = config(rule(pattern=r"sk-[a-z0-9]{8,}", case_sensitive=True))
+    assert found(text, exact) == []
+    assert found("sk-abcdefgh", exact) == ["sk-abcdefgh"]
+
+
+def test_a_prefix_before_start_does_not_count() -> None:
+    cfg = config(rule(pattern=r"sk-[a-z]{4}"))
+    text = "sk-abcd then more text"
+    assert [m.start for m in scan(text, cfg.ruleset, "input", start=0)] == [0]
+    assert scan(text, cfg.ruleset, "input", start=5) == []
+
+
+def test_case_folding_never_hides_a_match_the_regex_module_would_find() -> None:
+    """The prefilter compares case-folded text. Every character the regex module matches, ignoring case,
+    against a character a prefix may hold must case-fold to a text containing that character (Unicode has
+    three: long s, the Kelvin sign and dotted capital I). Checked over every code point."""
+    allowed = "".join(sorted(PREFIX_CHARS - FOLD_UNSAFE))
+    flags = regex.IGNORECASE | regex.VERSION0
+    any_allowed = regex.compile(f"[{regex.escape(allowed)}]", flags)
+    odd = 0
+    for point in range(0x110000):
+        char = chr(point)
+        if char.isascii() or not any_allowed.fullmatch(char):
+            continue
+        odd += 1
+        for target in allowed:
+            if regex.fullmatch(regex.escape(target), char, flags):
+                assert target.casefold() in char.casefold(), (hex(point), target)
+    assert odd >= 3
 
 
 # --- options -------------------------------------------------------------------------------------------

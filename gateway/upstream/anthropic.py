@@ -6,7 +6,6 @@ bytes and converts errors.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -128,8 +127,7 @@ class AnthropicStream:
         try:
             with upstream_errors(backend, timeouts):
                 while not self._translator.finished:
-                    async with asyncio.timeout(timeouts.idle_s):
-                        raw = await self._resp.content.readany()
+                    raw = await self._resp.content.readany()  # idle_s: aiohttp's read timeout (base.post)
                     if not raw:
                         break
                     for event in decoder.feed(raw):

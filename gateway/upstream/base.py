@@ -14,9 +14,9 @@ gateway's errors in one place, `upstream_errors`, which also wraps stream iterat
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Protocol
 
 import aiohttp
@@ -82,28 +82,41 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-@contextlib.contextmanager
-def upstream_errors(backend: str, timeouts: Timeouts) -> Iterator[None]:
-    """Convert aiohttp / socket / decoding failures into the gateway's error types."""
-    try:
-        yield
-    except GatewayError:
-        raise
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"backend {backend!r} did not answer in time (first byte {timeouts.first_byte_s:g}s, "
-            f"idle {timeouts.idle_s:g}s, total {timeouts.total_s:g}s)"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnavailable(f"backend {backend!r} is unreachable ({_reason(exc)})") from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError):
-        raise BadUpstreamResponse(f"backend {backend!r} closed the connection mid-response") from None
-    except aiohttp.ClientResponseError as exc:
-        raise BadUpstreamResponse(f"backend {backend!r} sent an invalid HTTP response ({exc.message})") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(f"backend {backend!r} failed: {_reason(exc)}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise BadUpstreamResponse(f"backend {backend!r} sent a response that is not valid JSON") from None
+class upstream_errors:
+    """Convert aiohttp / socket / decoding failures into the gateway's error types (`with upstream_errors(...)`).
+
+    A class rather than a @contextmanager generator: it is entered twice per upstream call, on a stream's
+    first-token path among others, and this way costs two Python calls instead of five or six.
+    """
+
+    __slots__ = ("backend", "timeouts")
+
+    def __init__(self, backend: str, timeouts: Timeouts) -> None:
+        self.backend = backend
+        self.timeouts = timeouts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, GatewayError) or not isinstance(exc, Exception):
+            return  # nothing happened, already ours, or not an error (cancellation): goes on as it is
+        backend, timeouts = self.backend, self.timeouts
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(
+                f"backend {backend!r} did not answer in time (first byte {timeouts.first_byte_s:g}s, "
+                f"idle {timeouts.idle_s:g}s, total {timeouts.total_s:g}s)"
+            ) from None
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise UpstreamUnavailable(f"backend {backend!r} is unreachable ({_reason(exc)})") from None
+        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError)):
+            raise BadUpstreamResponse(f"backend {backend!r} closed the connection mid-response") from None
+        if isinstance(exc, aiohttp.ClientResponseError):
+            raise BadUpstreamResponse(f"backend {backend!r} sent an invalid HTTP response ({exc.message})") from None
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            raise UpstreamUnavailable(f"backend {backend!r} failed: {_reason(exc)}") from None
+        if isinstance(exc, (msgspec.DecodeError, UnicodeDecodeError)):
+            raise BadUpstreamResponse(f"backend {backend!r} sent a response that is not valid JSON") from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -117,8 +130,11 @@ def make_session(max_connections: int) -> aiohttp.ClientSession:
         limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300, keepalive_timeout=30
     )
     # Per-request timeouts are set in `request_timeout`; the session itself never times out.
+    # No cookie jar: one session serves every caller, so a cookie an upstream sets (a load balancer's, say)
+    # would otherwise go back with other callers' requests. It also spares each call a jar lookup.
     return aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=True,
         json_serialize=lambda obj: msgspec.json.encode(obj).decode(),
@@ -126,8 +142,14 @@ def make_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
-def request_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=timeouts.total_s, connect=timeouts.connect_s, sock_connect=timeouts.connect_s)
+def request_timeout(timeouts: Timeouts, *, stream: bool = False) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for one call; a stream's also reads the socket within first_byte_s (see `post`)."""
+    return aiohttp.ClientTimeout(
+        total=timeouts.total_s,
+        connect=timeouts.connect_s,
+        sock_connect=timeouts.connect_s,
+        sock_read=timeouts.first_byte_s if stream else None,
+    )
 
 
 async def post(
@@ -141,13 +163,21 @@ async def post(
 ) -> aiohttp.ClientResponse:
     """Send and wait for the status line and headers.
 
-    A stream's headers come when generation starts, so first_byte_s bounds its time to first token;
-    a whole answer's headers come when generation ends, so only total_s bounds it.
+    A stream's headers come when generation starts, so first_byte_s bounds its time to first token; once
+    they are in, the same socket read timeout (aiohttp's `sock_read`, restarted by every read that brings
+    data) becomes idle_s, the longest silence between two chunks. One timer in aiohttp's protocol, where an
+    `asyncio.timeout` around each read cost a Python context manager per chunk. A whole answer's headers
+    come when generation ends, so only total_s bounds it (and idle_s its body, in `read_json`).
     """
     if not stream:  # aiohttp's own total timeout (request_timeout) already bounds it
         return await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts))
-    async with asyncio.timeout(timeouts.first_byte_s):
-        return await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts))
+    resp = await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts, stream=True))
+    connection = resp.connection  # None when the whole body came with the headers: nothing left to wait for
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = timeouts.idle_s
+        protocol.start_timeout()
+    return resp
 
 
 async def read_json(resp: aiohttp.ClientResponse, backend: str, timeouts: Timeouts) -> Any:

@@ -90,12 +90,10 @@ class OpenAIStream:
     async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         decoder = SSEDecoder()
         reader = self._resp.content
-        idle = self._timeouts.idle_s
         try:
             with upstream_errors(self._backend, self._timeouts):
                 while True:
-                    async with asyncio.timeout(idle):
-                        raw = await reader.readany()
+                    raw = await reader.readany()  # idle_s: aiohttp's read timeout (base.post)
                     if not raw:
                         break
                     for event in decoder.feed(raw):

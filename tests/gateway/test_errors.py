@@ -4,6 +4,7 @@ gateway keeps serving afterwards: bad input, auth, upstream faults, broken strea
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -610,6 +611,26 @@ def test_idle_upstream_before_the_first_chunk_is_an_http_error(
         assert "'fake'" in error["message"]
         assert upstream.wait_for(lambda: upstream.cancelled_streams > before, timeout=5)
         assert_still_serving(c)
+
+
+def test_streams_and_answers_on_a_reused_connection_outlive_the_idle_timeout(
+    upstream: FakeUpstream, make_gateway: Callable[[str], GatewayServer]
+) -> None:
+    # A stream's idle_s is aiohttp's socket read timeout, re-armed once the headers are in. It must end with
+    # the body: a timer left armed would fire on the pooled connection after idle_s and break whichever
+    # request uses it next. Streams of every size (some arrive whole with their headers), then a wait longer
+    # than idle_s, then more calls over the same pool.
+    server = make_gateway(standard_policy(upstream.url).replace("idle_s: 5", "idle_s: 0.3"))
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=15) as c:
+        for _ in range(2):
+            for words in ("hi", "a longer message " * 20):
+                resp = chat(c, "echo", [{"role": "user", "content": words}], stream=True)
+                assert resp.status_code == 200, resp.text
+                assert sse_data(resp.text)[-1] == "[DONE]"
+            time.sleep(0.8)
+        assert_still_serving(c)
+        resp = chat(c, "echo", stream=True)
+        assert resp.status_code == 200 and sse_data(resp.text)[-1] == "[DONE]"
 
 
 # --- client disconnect --------------------------------------------------------------

@@ -25,7 +25,7 @@ import uvicorn
 from gateway.http_protocol import GuardedHttpToolsProtocol
 from gateway.intake import ROUTING_FIELDS
 from gateway.loader import load_file
-from gateway.server import create_app
+from gateway.server import create_app, entry
 from tests.conftest import CLIENT_KEY, standard_policy
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway.test_errors import assert_error
@@ -93,6 +93,24 @@ def test_client_headers_cannot_redirect_the_upstream_call(
     assert not {"x-forwarded-host", "forwarded"} & set(seen.headers)
 
 
+def test_cookies_an_upstream_sets_are_never_sent_back(upstream: FakeUpstream, make_gateway: Any) -> None:
+    # The fake upstream sets a cookie on every answer. A client session that kept it would send one caller's
+    # upstream cookie with the next caller's request. The backend is named by host name: HTTP clients keep
+    # no cookies for a bare IP address, which would hide the leak.
+    by_name = upstream.url.replace("127.0.0.1", "localhost")
+    gw = make_gateway(standard_policy(by_name))
+    markers = [uuid.uuid4().hex for _ in range(4)]
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=15) as client:
+        for number, marker in enumerate(markers):
+            body = {"model": "echo", "messages": HI, "stream": number % 2 == 1}
+            resp = client.post(CHAT, json=body, headers={"x-request-id": marker})
+            assert resp.status_code == 200, resp.text
+            assert "set-cookie" not in resp.headers
+    seen = [r for r in upstream.requests if r.headers.get("x-request-id") in markers]
+    assert len(seen) == len(markers)
+    assert all("cookie" not in r.headers for r in seen), [r.headers.get("cookie") for r in seen]
+
+
 def test_a_url_as_model_name_is_only_a_name(client: httpx.Client, elsewhere: FakeUpstream) -> None:
     before = len(elsewhere.requests)
     assert_error(client.post(CHAT, json={"model": f"{elsewhere.url}/v1", "messages": HI}), 404, code="model_not_found")
@@ -129,7 +147,7 @@ def guarded(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     path.write_text(standard_policy(upstream.url))
     port = free_port()
     config = uvicorn.Config(
-        create_app(load_file(path), path),
+        entry(create_app(load_file(path), path)),
         host="127.0.0.1",
         port=port,
         loop="uvloop",

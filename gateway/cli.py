@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from gateway.server import create_app
+    from gateway.server import create_app, entry
     from gateway.workers import UVICORN_OPTIONS, serve_workers
 
     print(
@@ -146,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         return serve_workers(args.config, args.host, args.port, level, args.workers)
-    app = create_app(loaded, args.config)
+    app = entry(create_app(loaded, args.config))
     uvicorn.run(app, host=args.host, port=args.port, log_level=level.lower(), **UVICORN_OPTIONS)
     return 0
 

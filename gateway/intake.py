@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -56,7 +56,10 @@ def identify(runtime: Runtime, headers: Mapping[str, str]) -> Caller:
     return Caller(key.name, authenticated=True, key=key)
 
 
-async def read_body(stream: AsyncIterator[bytes], headers: Mapping[str, str], limits: Limits) -> bytes:
+async def read_body(receive: Any, headers: Mapping[str, str], limits: Limits) -> bytes:
+    """An ASGI request's body (`receive`: its receive callable), within the size and time limits; ends early
+    if the client disconnects. Reads the messages itself: an async generator in between cost a frame
+    resumed per message."""
     limit = limits.max_body_bytes
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -65,11 +68,18 @@ async def read_body(stream: AsyncIterator[bytes], headers: Mapping[str, str], li
     size = 0
     try:
         async with asyncio.timeout(limits.body_read_timeout_s):
-            async for part in stream:
-                size += len(part)
-                if size > limit:
-                    raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-                parts.append(part)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                part = message.get("body", b"")
+                if isinstance(part, bytes) and part:
+                    size += len(part)
+                    if size > limit:
+                        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+                    parts.append(part)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise InvalidRequest(
             f"The request body did not arrive within {limits.body_read_timeout_s:g} seconds.",
@@ -115,16 +125,3 @@ def parse(endpoint: str, raw: bytes, limits: Limits) -> dict[str, Any]:
 def scope_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """An ASGI scope's headers as a dict with lower-case names (a repeated header: its last value)."""
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
-
-
-async def body_chunks(receive: Any) -> AsyncIterator[bytes]:
-    """An ASGI request body as it arrives (ends early if the client disconnects)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body = message.get("body", b"")
-        if isinstance(body, bytes) and body:
-            yield body
-        if not message.get("more_body", False):
-            return

@@ -38,16 +38,14 @@ from gateway.vetoes import with_vetoes
 log = logging.getLogger("gateway")
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
 access_log = logging.getLogger("gateway.access")
-BodyStream = Any  # an async iterator of the request body's bytes
 
 
 class Proxy:
     def __init__(self, holder: RuntimeHolder) -> None:
         self.holder = holder
 
-    async def handle(
-        self, endpoint: Endpoint, headers: Mapping[str, str], body_stream: BodyStream
-    ) -> JSONResponse | SSEResponse:
+    async def handle(self, endpoint: Endpoint, headers: Mapping[str, str], receive: Any) -> JSONResponse | SSEResponse:
+        """`receive`: the request's ASGI receive callable, for its body."""
         runtime = self.holder.current
         runtime.enter()
         started = time.perf_counter()
@@ -59,7 +57,7 @@ class Proxy:
         rejected: str | None = None
         try:
             caller = intake.identify(runtime, headers)
-            raw = await intake.read_body(body_stream, headers, runtime.policy.limits)
+            raw = await intake.read_body(receive, headers, runtime.policy.limits)
             body = intake.parse(endpoint, raw, runtime.policy.limits)
             route = runtime.routes.get(body["model"])
             if route is None:

@@ -58,7 +58,7 @@ PROXY_PATHS: dict[str, Endpoint] = {
 
 
 async def _proxy(proxy: Proxy, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-    response = await proxy.handle(endpoint, intake.scope_headers(scope["headers"]), intake.body_chunks(receive))
+    response = await proxy.handle(endpoint, intake.scope_headers(scope["headers"]), receive)
     await response(scope, receive, send)
 
 
@@ -96,6 +96,33 @@ class _ProxyPaths:
             await self.app(scope, receive, send)
         else:
             await _proxy(self.proxy, endpoint, scope, receive, send)
+
+
+class Entry:
+    """What the HTTP server runs: the proxy's POSTs straight to the proxy when no CORS policy applies (the
+    default), everything else (lifespan included) to the Litestar app. Three fewer coroutine layers on every
+    proxied request than Litestar's entry, the CORS middleware and `_ProxyPaths`, each of which is resumed
+    again whenever the request waits (upstream headers, a stream's chunks). `entry(app)` builds it."""
+
+    __slots__ = ("app", "holder", "proxy")
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+        self.holder: RuntimeHolder = app.state.holder
+        self.proxy: Proxy = app.state.proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and scope.get("method") == "POST":
+            endpoint = PROXY_PATHS.get(scope["path"])
+            if endpoint is not None and not self.holder.current.policy.server.cors.allow_origins:
+                response = await self.proxy.handle(endpoint, intake.scope_headers(scope["headers"]), receive)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def entry(app: Litestar) -> Entry:
+    return Entry(app)
 
 
 chat_completions, completions, embeddings = (_proxy_route(path, e) for path, e in PROXY_PATHS.items())

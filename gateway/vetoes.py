@@ -12,10 +12,14 @@ from gateway.plugin import RequestContext, Respond
 T = TypeVar("T")
 
 
-async def with_vetoes(ctx: RequestContext, work: Awaitable[T]) -> T | Respond:
-    """`work`'s result once every veto passed, or the first veto's Respond (and `work` cancelled)."""
-    if not ctx.vetoes:
-        return await work
+def with_vetoes(ctx: RequestContext, work: Awaitable[T]) -> Awaitable[T | Respond]:
+    """Await it for `work`'s result once every veto passed, or the first veto's Respond (and `work` cancelled).
+
+    Without vetoes it is `work` itself: no coroutine in between to resume each time `work` waits."""
+    return _race(ctx, work) if ctx.vetoes else work
+
+
+async def _race(ctx: RequestContext, work: Awaitable[T]) -> T | Respond:
     task: asyncio.Future[T] = asyncio.ensure_future(work)
     waiting: set[asyncio.Future[Any]] = {task, *ctx.vetoes}
     try:

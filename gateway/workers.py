@@ -71,7 +71,7 @@ def _worker(config: str, host: str, port: int, level: str) -> None:
     import uvicorn
 
     from gateway.loader import PolicyError, load_file
-    from gateway.server import create_app
+    from gateway.server import create_app, entry
 
     try:
         loaded = load_file(config)
@@ -79,7 +79,8 @@ def _worker(config: str, host: str, port: int, level: str) -> None:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
     sock = listen_socket(host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(loaded, config), log_level=level.lower(), **UVICORN_OPTIONS))
+    app = entry(create_app(loaded, config))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=level.lower(), **UVICORN_OPTIONS))
     server.run(sockets=[sock])
 
 

@@ -19,7 +19,7 @@ import httpx
 import uvicorn
 
 from gateway.loader import load_file
-from gateway.server import create_app
+from gateway.server import create_app, entry
 
 
 def free_port() -> int:
@@ -35,7 +35,7 @@ class GatewayServer:
         self.port = free_port()
         self.app = create_app(load_file(policy_path), policy_path)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools", log_level="warning"
+            entry(self.app), host="127.0.0.1", port=self.port, loop="uvloop", http="httptools", log_level="warning"
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

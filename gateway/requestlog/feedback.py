@@ -149,7 +149,7 @@ async def feedback_route(scope: Scope, receive: Receive, send: Send) -> None:
         runtime = holder.current
         runtime.enter()  # a reload waits for this before closing the request log
         try:
-            raw = await intake.read_body(intake.body_chunks(receive), headers, runtime.policy.limits)
+            raw = await intake.read_body(receive, headers, runtime.policy.limits)
             response = json_response(200, await submit(runtime, headers, raw), out)
         except GatewayError as exc:
             response = error_response(exc, out)

@@ -20,7 +20,7 @@ from openai import OpenAI
 
 from gateway.http_coalesce import CoalescedHead, CoalescingHttpToolsProtocol
 from gateway.loader import load_file
-from gateway.server import create_app
+from gateway.server import create_app, entry
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_server import free_port
 
@@ -92,7 +92,7 @@ def served(upstream: FakeUpstream, tmp_path: Path) -> Iterator[str]:
     path.write_text(POLICY.format(url=upstream.url))
     port = free_port()
     config = uvicorn.Config(
-        create_app(load_file(path), path),
+        entry(create_app(load_file(path), path)),
         port=port,
         loop="uvloop",
         http=CoalescingHttpToolsProtocol,

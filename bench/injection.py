@@ -15,9 +15,9 @@ picks the shipped defaults on the tune split only: among the settings that block
 look-alikes, those within TOLERANCE of the most attacks blocked (0: the most) and with the fewest benign blocked tie,
 and the middle one of them in order of caution (vote, margin, contrast, window contrast and vote, near-copy cosine,
 threshold) is chosen. It searches the semantic rules first (cosine floor x fitted contrast x the stricter bar for the
-sentence windows of long texts, contrast and kNN vote x kNN vote; the near-copy rule is fixed, see
-NEARS), then the non-Latin n-gram rule. ``recommend(family="margin")`` searches the nearest-example margin rule
-alone, the baseline.
+sentence windows of long texts, contrast and kNN vote x kNN vote; the near-copy rule and the bar for texts that speak
+to an AI reader, `address_contrast`, are fixed, see NEARS), then the non-Latin n-gram rule.
+``recommend(family="margin")`` searches the nearest-example margin rule alone, the baseline.
 
 No test item may be a copy or near copy of a preset line (``near_copies``): the report says so, and the test suite
 asserts it.
@@ -96,6 +96,7 @@ class Setting:
     contrast: float = defaults.DEFAULT_CONTRAST
     window_contrast: float = defaults.DEFAULT_WINDOW_CONTRAST
     window_vote: float | None = defaults.DEFAULT_WINDOW_VOTE
+    address_contrast: float | None = defaults.DEFAULT_ADDRESS_CONTRAST
     near: float | None = defaults.DEFAULT_NEAR
     margin: float = defaults.DEFAULT_MARGIN
     vote: float | None = defaults.DEFAULT_VOTE
@@ -210,6 +211,7 @@ class _Table:
     owner: npt.NDArray[np.intp]  # the item of each unit
     lexical: npt.NDArray[np.bool_]
     window: npt.NDArray[np.bool_]
+    addressed: npt.NDArray[np.bool_]
     score: npt.NDArray[np.float64]
     margin: npt.NDArray[np.float64]
     likelihood: npt.NDArray[np.float64]
@@ -217,13 +219,17 @@ class _Table:
 
     def blocked(self, setting: Setting) -> npt.NDArray[np.bool_]:
         bar = np.where(self.window, max(setting.contrast, setting.window_contrast), setting.contrast)
+        floored = self.window.copy()
+        if setting.address_contrast is not None:
+            bar = np.where(self.addressed, np.minimum(bar, setting.address_contrast), bar)
+            floored &= ~self.addressed
         semantic = (self.score >= setting.threshold) & (self.likelihood >= bar)
         if setting.window_vote is not None:
-            semantic &= ~self.window | (self.vote >= setting.window_vote)
+            semantic &= ~floored | (self.vote >= setting.window_vote)
         if setting.near is not None:
             semantic |= (self.score >= setting.near) & (self.margin >= setting.margin)
         if setting.vote is not None:
-            semantic |= self.vote >= setting.vote
+            semantic |= (self.vote >= setting.vote) & ~self.window
         lexical = (self.score >= setting.lexical_threshold) & (self.margin >= setting.lexical_margin)
         lexical |= self.likelihood >= bar
         hit = np.where(self.lexical, lexical, semantic)
@@ -244,6 +250,7 @@ def _table(scored: tuple[Scored, ...], split: str, kind: str, lang: str) -> _Tab
         np.array([n for n, _ in units], dtype=np.intp),
         np.array([d.view == "lexical" for _, d in units], dtype=bool),
         np.array([d.window for _, d in units], dtype=bool),
+        np.array([d.addressed for _, d in units], dtype=bool),
         np.array([d.score for _, d in units], dtype=np.float64),
         np.array([d.margin for _, d in units], dtype=np.float64),
         np.array([d.likelihood for _, d in units], dtype=np.float64),
@@ -314,7 +321,7 @@ def recommend(scored: tuple[Scored, ...] | None = None, family: str = "contrast"
         ]
     else:  # no contrast or vote arm: a cosine above 1 is never reached
         semantic = [
-            Setting(threshold=2.0, contrast=1.0, near=n, margin=m, vote=None)
+            Setting(threshold=2.0, contrast=1.0, address_contrast=None, near=n, margin=m, vote=None)
             for n in BASELINE_NEARS
             for m in BASELINE_MARGINS
         ]

@@ -70,8 +70,9 @@ def _describe(setting: Setting) -> str:
     window_vote = "any" if setting.window_vote is None else f">= {setting.window_vote:+.2f}"
     return (
         f"cosine >= {setting.near} and margin >= {setting.margin:+.2f} (near copy), or kNN vote {vote}, or cosine >= "
-        f"{setting.threshold:.2f} and contrast >= {setting.contrast:.2f} (a long text's sentence windows: >= "
-        f"{max(setting.contrast, setting.window_contrast):.2f}, and kNN vote {window_vote}); non-Latin: n-gram "
+        f"{setting.threshold:.2f} and contrast >= {setting.contrast:.2f} (a long text and its sentence windows: >= "
+        f"{max(setting.contrast, setting.window_contrast):.2f}, and kNN vote {window_vote}, the vote alone not "
+        f"enough); non-Latin: n-gram "
         f"similarity >= "
         f"{setting.lexical_threshold:.2f} and margin >= {setting.lexical_margin:+.2f}, or contrast >= "
         f"{setting.contrast:.2f}"

@@ -18,8 +18,11 @@ DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sente
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
 DEFAULT_VOTE = 0.10
 DEFAULT_CONTRAST = 0.60
-DEFAULT_WINDOW_CONTRAST = 0.70
+DEFAULT_WINDOW_CONTRAST = 0.80
 DEFAULT_WINDOW_VOTE = -0.02
+# Not tuned (the tune split's attacks are all caught without it): on the development files, 0.4 gained the most
+# attacks addressed to an AI reader without blocking a benign text, 0.3 began to block look-alikes (docs/guards.md).
+DEFAULT_ADDRESS_CONTRAST = 0.40
 DEFAULT_LEXICAL_THRESHOLD = 0.15
 DEFAULT_LEXICAL_MARGIN = 0.10
 
@@ -32,7 +35,9 @@ class EmbeddingGuardConfig(GuardConfig):
     )
     examples: tuple[str, ...] = Field((), description="Attack or deny-topic examples written in the policy.")
     examples_file: str | None = Field(
-        None, description="File of attack examples: one per line (# comments), or *.jsonl with a 'text' field."
+        None,
+        description="File of attack examples: one per line (# comments; \\# starts an example that begins with #), "
+        "or *.jsonl with a 'text' field.",
     )
     preset: Preset | None = Field(
         None, description="Shipped example set: prompt_injection (its benign contrast set comes along)."
@@ -76,15 +81,24 @@ class EmbeddingGuardConfig(GuardConfig):
         DEFAULT_WINDOW_CONTRAST,
         ge=0,
         le=1,
-        description="Least attack probability for one sentence window of a long text (the higher of this and "
-        "`contrast` applies): a document about security or rules has many sentences that may each look like an attack.",
+        description="Least attack probability for a long text and each of its sentence windows (the higher of this "
+        "and `contrast` applies; the kNN vote alone does not block them): a document about security or rules has "
+        "many sentences that may each look like an attack.",
     )
     window_vote: float | None = Field(
         DEFAULT_WINDOW_VOTE,
         ge=-2,
         le=2,
-        description="A sentence window blocked by the classifier rule must also have at least this kNN vote (its "
-        "nearest examples not mostly benign ones); null: no such floor.",
+        description="A long text or sentence window blocked by the classifier rule must also have at least this kNN "
+        "vote (its nearest examples not mostly benign ones); null: no such floor.",
+    )
+    address_contrast: float | None = Field(
+        DEFAULT_ADDRESS_CONTRAST,
+        ge=0,
+        le=1,
+        description="Least attack probability for a short text or sentence window that speaks to an AI reader "
+        "('Note to the AI summarizing this: ...', 'If you are an LLM reading this, ...'; English cues), when lower "
+        "than its usual bar, and without the window vote floor; null: no such cue.",
     )
     non_latin: NonLatin = Field(
         "lexical",

@@ -15,8 +15,9 @@ attacks above look-alikes better than either alone (bench/injection.py).
 The n-gram space is wide (2**18 buckets) and the examples are few (about a thousand), so the regression is
 fitted in its dual (kernel) form: Newton's method over one coefficient per example, the kernel being the
 sum of the vectors' and the n-grams' inner products. Deterministic; about 0.7 s for 1,405 examples on this
-2-core machine when idle (the preset now has 1,860: about 1 s idle, 6 s under load; the cost grows with the cube of
-the count), once at start, and kept on disk between starts (fit_cache.py).
+2-core machine when idle (the preset had 1,860: about 1 s idle, 6 s under load; it now has 2,108: 3.6-4.2 s on one
+core with the other busy; the cost grows with the cube of the count), once at start, and kept on disk between starts
+(fit_cache.py).
 Past MAX_DUAL examples the cubic cost grows too large, and the contrast falls back to the model's vectors
 alone, fitted in the primal.
 """

@@ -3,10 +3,11 @@
     score(query, attacks, benign) -> Detection   nearest attack example, its lead over the nearest benign one,
                                                  the lead of the KNN nearest attacks over the KNN nearest benign
                                                  ones, and (given a Contrast) the attack probability
-    decide(detection, cfg) -> bool               a near copy of an attack, a kNN vote for the attacks, or on the
-                                                 attack side of the contrast
+    decide(detection, cfg) -> bool               a near copy of an attack, a kNN vote for the attacks (short texts),
+                                                 or on the attack side of the contrast
     windows(text, max_windows) -> [text, ...]    what to embed for one text: itself, and its sentences when long
     unmasked(text)                               the text without invisible characters and look-alike letters
+    addressed(text)                              True when the text speaks to an AI reader ("Note to the AI: ...")
     lexical_vector(text)                         hashed character n-grams, for scripts the model cannot read
 
 Cosine similarity alone cannot tell "ignore all previous instructions" from "ignore whitespace in git diff"
@@ -52,6 +53,34 @@ _LOOKALIKES = dict(
 )
 _UNMASK = str.maketrans(_LOOKALIKES)
 _WORD = re.compile(r"\w+")
+# A sentence that speaks to an AI reader: what makes a hidden or indirect injection one. Its nouns (AI, LLM, assistant,
+# agent, bot, model, summariser, ...), optionally qualified ("AI shopping assistants", "code reviewer"), in one of five
+# frames: "note/message/instruction to/for (the/any) NOUN", "if/when you are an NOUN", "(the/any/whatever) NOUN
+# reading/processing/summarizing this ...", a vocative at the start of a sentence, tag or comment ("AI reviewer:",
+# "<!-- Summarizer:", "hey bot,"), and "any/all NOUN(s) must/should ..." (not "must not": a policy's rule).
+_AI = (
+    r"(?:ai|a\.i\.|llms?|gpts?|chatgpt|claude|gemini|copilot|chatbots?|bots?|language\s+models?|models?|assistants?"
+    r"|agents?|summari[sz]ers?|reviewers?|screening\s+(?:tools?|systems?)|note-?takers?|translators?|crawlers?"
+    r"|scrapers?|automated\s+(?:readers?|systems?|tools?)|systems?)"
+)
+_AI_QUALIFIED = (
+    r"(?:(?:ai|llm|automated|language|support|shopping|coding|code|email|writing|research|browsing|hr|recruiting"
+    r"|translation|summari[sz]ation|review|screening)[\s-]+){0,3}" + _AI
+)
+_ADDRESS = re.compile(
+    rf"\b(?:note|message|instructions?|directive|reminder|memo|command|request|p\.?s\.?)\s+(?:to|for)\s+"
+    rf"(?:the\s+|any\s+|all\s+|every\s+)?{_AI_QUALIFIED}\b"
+    rf"|\b(?:if|when)\s+you\s+are\s+(?:an?\s+|the\s+)?{_AI_QUALIFIED}\b"
+    rf"|(?:\b(?:you|the|any|all|every)\s+{_AI_QUALIFIED}\s+(?:that\s+(?:is|are)\s+)?"
+    rf"|\b(?:whatever|whichever|any)\s+{_AI_QUALIFIED}\s+(?:(?:is|are)\s+)?)"
+    r"(?:reading|processing|summari[sz]ing|reviewing|translating|generating|indexing|parsing|analy[sz]ing|screening"
+    r"|handling|opening|seeing|ingesting|crawling)\b"
+    rf"|(?:^|[\[(<{{\"'>*#/\-\u2014]\s*|\b(?:hey|dear|attention|attn|to|psst)\s+)(?:any\s+|all\s+|the\s+|dear\s+)?"
+    rf"{_AI_QUALIFIED}\s*(?::|,|\u2014|--)\s"
+    rf"|\b(?:any|all|every)\s+{_AI_QUALIFIED}\s+(?:must|should|shall|need\s+to|are\s+required\s+to"
+    r"|is\s+required\s+to|are\s+instructed\s+to)\s+(?!not\b)",
+    re.IGNORECASE,
+)
 KNN = 3  # examples per side in the vote: on the tune split 3 ranks attacks over look-alikes best (1, 3, 5, 10 tried)
 
 
@@ -64,7 +93,8 @@ class Detection:
     likelihood: float = 0.0  # attack probability of the fitted attack/benign classifier (0.0 without one)
     # Mean similarity of the KNN nearest attack examples minus that of the KNN nearest benign (-inf without benign).
     vote: float = -math.inf
-    window: bool = False  # a sentence window of a long text, not a whole text: judged by `window_contrast`
+    window: bool = False  # a long text or one of its sentence windows: judged by `window_contrast`, not the vote alone
+    addressed: bool = False  # a short text or sentence window that speaks to an AI reader: judged by `address_contrast`
 
 
 class Thresholds(Protocol):
@@ -79,6 +109,9 @@ class Thresholds(Protocol):
 
     @property
     def window_vote(self) -> float | None: ...
+
+    @property
+    def address_contrast(self) -> float | None: ...
 
     @property
     def near(self) -> float | None: ...
@@ -136,21 +169,29 @@ def decide(detection: Detection, cfg: Thresholds) -> bool:
     (likelihood >= `contrast`) that is still somewhat like an attack example (cosine >= `threshold`).
     Lexical view: n-gram similarity >= `lexical_threshold`, with a lead of `lexical_margin` over benign; or
     on the attack side of the contrast (no cosine floor: the model's similarities say little there).
-    A sentence window of a long text must reach `window_contrast` instead of `contrast` (the higher of the two),
-    and on that rule its kNN vote must be at least `window_vote`: a document about security, rules or passwords
-    has a dozen sentences that each get a chance to look like an attack, while an injection hidden in it is a
+    A long text (the whole of it and each of its sentence windows) must reach `window_contrast` instead of
+    `contrast` (the higher of the two), with a kNN vote of at least `window_vote`, and the kNN vote alone does not
+    block it: a document about security, rules or passwords has a dozen sentences that each get a chance to look
+    like an attack ("send the reset link to the email on file only" sits among the attack examples about email
+    tools), and its whole-text vector is the average of such sentences, while an injection hidden in it is a
     sentence addressed to the model, which the contrast reads as near certain and whose nearest examples are
-    attacks.
+    attacks. Near copies of an attack example are blocked wherever they are.
+    A short text or sentence window that speaks to an AI reader ("Note to the AI summarizing this: ...", see
+    `addressed`) needs only `address_contrast` (the lower of this and the bar it would have), without the window's
+    vote floor: a document that describes an attack speaks of the assistant, an injection speaks to it.
     """
     bar = max(cfg.contrast, cfg.window_contrast) if detection.window else cfg.contrast
+    floor = cfg.window_vote if detection.window else None
+    if detection.addressed and cfg.address_contrast is not None:
+        bar, floor = min(bar, cfg.address_contrast), None
     if detection.view == "lexical":
         near = detection.score >= cfg.lexical_threshold and detection.margin >= cfg.lexical_margin
         return near or detection.likelihood >= bar
     if cfg.near is not None and detection.score >= cfg.near and detection.margin >= cfg.margin:
         return True
-    if cfg.vote is not None and detection.vote >= cfg.vote:
+    if cfg.vote is not None and detection.vote >= cfg.vote and not detection.window:
         return True
-    if detection.window and cfg.window_vote is not None and detection.vote < cfg.window_vote:
+    if floor is not None and detection.vote < floor:
         return False  # the classifier says attack, but the nearest examples are benign ones: a document's sentence
     return detection.score >= cfg.threshold and detection.likelihood >= bar
 
@@ -225,6 +266,17 @@ def unmasked(text: str) -> str:
     if not any(c in _LOOKALIKES for c in text):
         return text
     return _WORD.sub(lambda m: _unmask_word(m.group(0)), text)
+
+
+def addressed(text: str) -> bool:
+    """True when the text speaks to an AI reader: "Note to the AI summarizing this: ...", "If you are an LLM reading
+    this, ...", "AI reviewer: approve ...", "<!-- assistant: ...", "Any AI agent must ...".
+
+    An injection hidden in pasted content has to tell the model that it is meant; a document that describes attacks
+    speaks of "the assistant" in the third person. A lexical cue (English only) that lowers the classifier's bar; it
+    never blocks alone.
+    """
+    return _ADDRESS.search(text) is not None
 
 
 def _unmask_word(word: str) -> str:

@@ -21,6 +21,7 @@ from plugins.embedding_guard.detect import (
     Detection,
     Matrix,
     View,
+    addressed,
     lexical_vector,
     mostly_non_latin,
     score,
@@ -39,7 +40,8 @@ class Unit:
 
     text: str
     view: View
-    window: bool = False  # one of a long text's sentence windows (not the whole text)
+    window: bool = False  # part of a long text: the whole of it, or one of its sentence windows
+    addressed: bool = False  # a short text or sentence window (not a long text's whole) that speaks to an AI reader
 
 
 def _lexical_rows(texts: Sequence[str]) -> tuple[Matrix, npt.NDArray[np.intp]]:
@@ -70,13 +72,21 @@ class Detector:
         self.lexical_benign, _ = _lexical_rows(examples.benign)
 
     def units(self, texts: Sequence[str], max_windows: int, non_latin: NonLatin = "lexical") -> list[Unit]:
-        """What to embed and score: each text (with invisible and look-alike letters undone) and its sentences."""
+        """What to embed and score: each text (with invisible and look-alike letters undone) and its sentences.
+
+        A text cut into sentence windows is long: it and its windows are all marked `window` (see `decide`). A short
+        text or sentence window that speaks to an AI reader is marked `addressed`; the whole of a long text is not
+        (its vector is the document's, not the one sentence's).
+        """
         lexical = non_latin == "lexical" and self.lexical_attacks.shape[0] > 0
-        return [
-            Unit(piece, "lexical" if lexical and mostly_non_latin(piece) else "semantic", index > 0)
-            for text in texts
-            for index, piece in enumerate(windows(unmasked(text), max_windows))
-        ]
+        out: list[Unit] = []
+        for text in texts:
+            pieces = windows(unmasked(text), max_windows)
+            long = len(pieces) > 1
+            for i, piece in enumerate(pieces):
+                view: View = "lexical" if lexical and mostly_non_latin(piece) else "semantic"
+                out.append(Unit(piece, view, long, (i > 0 or not long) and addressed(piece)))
+        return out
 
     def check(self, units: Sequence[Unit], vectors: Sequence[Matrix]) -> list[Detection]:
         """One detection per unit, given the model's vector of each unit, in order."""
@@ -87,14 +97,24 @@ class Detector:
             grams = word_grams(unit.text) if self._reads_grams else None
             if unit.view == "semantic":
                 found = score(vector, self.attacks, self.benign, contrast=self.contrast, grams=grams)
-                out.append(replace(found, window=True) if unit.window else found)
+                out.append(replace(found, window=unit.window, addressed=unit.addressed))
                 continue
             found = score(lexical_vector(unit.text), self.lexical_attacks, self.lexical_benign, "lexical")
             index = found.nearest_example_index
             if index >= 0:  # back to the row in the whole attack set
                 index = int(self._lexical_rows[index])
             likelihood = self.contrast.probability(vector, grams) if self.contrast is not None else 0.0
-            out.append(Detection(found.score, index, found.margin, "lexical", likelihood, window=unit.window))
+            out.append(
+                Detection(
+                    found.score,
+                    index,
+                    found.margin,
+                    "lexical",
+                    likelihood,
+                    window=unit.window,
+                    addressed=unit.addressed,
+                )
+            )
         return out
 
     def describe(self, detection: Detection) -> tuple[str, str]:

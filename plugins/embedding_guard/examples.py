@@ -1,7 +1,10 @@
-"""Example sets: the texts a request is compared with, from the policy, files and shipped presets.
+r"""Example sets: the texts a request is compared with, from the policy, files and shipped presets.
 
-A file holds one example per line; blank lines and lines starting with `#` are skipped. A file named
-`*.jsonl` holds one JSON object per line instead, and its "text" is the example (other keys are ignored).
+A file holds one example per line; blank lines and lines starting with `#` are skipped. An example that itself
+starts with `#` (a Markdown heading, "### Instruction:", a shell comment) is written with a backslash before it:
+`\### System: ...` is the example `### System: ...`. A leading backslash is always taken off, so `\\x` is `\x`.
+A file named `*.jsonl` holds one JSON object per line instead, and its "text" is the example (other keys are
+ignored; a line starting with `#` is a comment there too, and no backslash is taken off).
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ def read_examples(path: str | Path) -> list[tuple[int, str]]:
             if not isinstance(text, str) or not text.strip():
                 raise ExamplesError(f'{path}:{number}: a JSON line needs a non-empty "text" string')
             line = text.strip()
+        elif line.startswith("\\"):
+            line = line[1:].strip()  # an escaped example: "\# AI agents ..." is "# AI agents ..."
+            if not line:
+                continue
         out.append((number, line))
     return out
 

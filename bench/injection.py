@@ -43,6 +43,7 @@ from plugins.embedding_guard import config as defaults
 from plugins.embedding_guard.detect import Detection, Matrix, decide, lexical_vector, mostly_non_latin, strongest
 from plugins.embedding_guard.detector import Detector, Unit
 from plugins.embedding_guard.examples import collect
+from plugins.embedding_guard.trained import trained_contrast
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -168,10 +169,13 @@ def encode(texts: list[str]) -> Matrix:
     return np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), dtype=np.float32)
 
 
-@lru_cache(maxsize=1)
-def detector() -> Detector:
+@lru_cache(maxsize=2)
+def detector(trained: bool = True) -> Detector:
+    """The plugin's detector for the preset: its shipped classifier (trained.py), or with `trained=False` the
+    contrast fitted on the preset's lines alone, as a policy that adds its own examples gets."""
     examples = collect(preset="prompt_injection")
-    return Detector(examples, encode(list(examples.attacks)), encode(list(examples.benign)))
+    contrast = trained_contrast("prompt_injection") if trained else None
+    return Detector(examples, encode(list(examples.attacks)), encode(list(examples.benign)), trained=contrast)
 
 
 def check(text: str) -> tuple[tuple[Unit, ...], tuple[Detection, ...]]:

@@ -36,6 +36,7 @@ from bench.injection import (
     score_all,
     score_items,
 )
+from plugins.embedding_guard.trained import trained_contrast
 
 
 def _pct(part: int, whole: int) -> str:
@@ -81,7 +82,7 @@ def _describe(setting: Setting) -> str:
 
 def render() -> str:
     scored = score_all()
-    shipped, chosen, baseline = Setting(), recommend(scored), recommend(scored, "margin")
+    shipped, baseline = Setting(), recommend(scored, "margin")
     counts = Counter((s.item.split, s.item.attack) for s in scored)
     guard = detector()
     lines = [
@@ -92,9 +93,12 @@ def render() -> str:
         f"and {len(guard.examples.benign)} benign examples. Target on the test split: >= "
         f"{100 * MIN_ATTACKS_BLOCKED:.0f}% of attacks blocked, <= {100 * MAX_LOOKALIKES_BLOCKED:.0f}% of look-alikes.",
         "",
-        f"Shipped defaults: {_describe(shipped)}. recommend() on the tune split "
-        f"{'agrees' if chosen == shipped else 'DIFFERS: ' + _describe(chosen)}. Baseline, the nearest-example margin "
-        f"alone tuned the same way: cosine >= {baseline.near}, margin >= {baseline.margin:+.2f}.",
+        f"Shipped defaults: {_describe(shipped)}; the classifier is the preset's trained one "
+        f"({'loaded' if guard.contrast is not None and trained_contrast('prompt_injection') is not None else 'MISSING'}"
+        "), whose training data holds the tune split (not the test split): tune figures are optimistic. Its "
+        "`contrast` and `window_contrast` were picked by cross-validation over the held-out files "
+        "(bench/train_injection.py). Baseline, the nearest-example margin alone tuned on the tune split: cosine >= "
+        f"{baseline.near}, margin >= {baseline.margin:+.2f}.",
         "",
         f"Near copies of preset lines among the labelled texts (n-gram similarity >= {NEAR_COPY_LEXICAL}, or cosine >= "
         f"{NEAR_COPY_COSINE} for Latin text): {_copies()}.",

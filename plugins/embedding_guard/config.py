@@ -11,15 +11,17 @@ from gateway.guarding import GuardConfig, Stage
 from plugins.embedding_guard.detector import NonLatin
 from plugins.embedding_guard.examples import Preset
 
-# Chosen by `python -m bench.injection` on the tune split of tests/plugins/injection_eval.jsonl, with the
-# prompt_injection preset and all-MiniLM-L6-v2; another model or example set wants its own tuning.
+# For the prompt_injection preset's trained classifier and all-MiniLM-L6-v2: `contrast` and `window_contrast` picked
+# by bench/train_injection.py's cross-validation over the dev files (its model card records them, and a test holds
+# these to it), the rest by `python -m bench.injection` on the tune split of tests/plugins/injection_eval.jsonl with
+# the classifier fitted at start. Another model or example set wants its own tuning.
 DEFAULT_THRESHOLD = 0.30
-DEFAULT_NEAR = 0.70  # not tuned: all-MiniLM-L6-v2 puts paraphrases of one sentence about this close
+DEFAULT_NEAR = 0.80  # all-MiniLM-L6-v2 puts paraphrases of one sentence at about 0.7; 0.7 blocked document sentences
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
-DEFAULT_VOTE = 0.10
-DEFAULT_CONTRAST = 0.60
-DEFAULT_WINDOW_CONTRAST = 0.80
-DEFAULT_WINDOW_VOTE = -0.02
+DEFAULT_VOTE: float | None = None  # off: beside the trained classifier it blocked only look-alikes
+DEFAULT_CONTRAST = 0.70
+DEFAULT_WINDOW_CONTRAST = 0.90
+DEFAULT_WINDOW_VOTE = -0.10
 # Not tuned (the tune split's attacks are all caught without it): on the development files, 0.4 gained the most
 # attacks addressed to an AI reader without blocking a benign text, 0.3 began to block look-alikes (docs/guards.md).
 DEFAULT_ADDRESS_CONTRAST = 0.40
@@ -128,6 +130,12 @@ class EmbeddingGuardConfig(GuardConfig):
     model_path: str | None = Field(
         None, description="sentence-transformers model folder; default: the packaged all-MiniLM-L6-v2."
     )
+    trained: bool = Field(
+        True,
+        description="With the preset alone (no examples, benign examples or files of the policy's own) and the "
+        "packaged model: use the preset's shipped classifier, trained on public labelled sets as well, instead "
+        "of fitting one on the preset's lines at start. false: always fit on the examples.",
+    )
     max_batch: int = Field(32, ge=1, description="Most texts embedded in one call under load.")
     embed_timeout_ms: int = Field(2000, ge=1, description="A slower check counts as an error (see on_error).")
 
@@ -137,6 +145,12 @@ class EmbeddingGuardConfig(GuardConfig):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"no such file: {path} (relative paths start at the gateway's working directory)")
         return path
+
+    @property
+    def uses_trained(self) -> bool:
+        """True when the preset's shipped classifier applies: the preset alone, read by the packaged model."""
+        own = self.examples or self.examples_file or self.benign_examples or self.benign_file
+        return self.trained and self.preset is not None and not own and self.model_path is None
 
     @model_validator(mode="after")
     def _has_examples(self) -> EmbeddingGuardConfig:

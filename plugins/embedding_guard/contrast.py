@@ -61,7 +61,9 @@ class Grams:
 
 
 def _pieces(folded: str) -> list[str]:
-    padded = [f" {word} " for word in _WORD.findall(folded)]
+    # Numbers say nothing of intent, and a classifier fitted with them learned that "unique prompt 99 7733" looked like
+    # an attack while "unique prompt 17 123456789" did not (p 0.76 against 0.25).
+    padded = [f" {word} " for word in _WORD.findall(folded) if not word.isdigit()]
     return [w[i : i + n] for w in padded for n in GRAM_SIZES for i in range(len(w) - n + 1)]
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from plugins.embedding_guard.contrast import fit_contrast, word_grams
+from plugins.embedding_guard.contrast import Contrast, fit_contrast, word_grams
 from plugins.embedding_guard.detect import (
     LEXICAL_DIM,
     Detection,
@@ -56,13 +56,22 @@ class Detector:
     """Attack and benign examples, embedded once, and their contrast; `check` scores texts against them."""
 
     def __init__(
-        self, examples: ExampleSet, attack_vectors: Matrix, benign_vectors: Matrix, fit_cache: Path | None = None
+        self,
+        examples: ExampleSet,
+        attack_vectors: Matrix,
+        benign_vectors: Matrix,
+        fit_cache: Path | None = None,
+        trained: Contrast | None = None,
     ) -> None:
-        """`fit_cache`: a folder where the fitted contrast is kept between starts (None: fit every time)."""
+        """`fit_cache`: a folder where the fitted contrast is kept between starts (None: fit every time).
+        `trained`: a contrast trained beforehand for these examples (trained.py), used instead of fitting one."""
         self.examples = examples
         self.attacks = np.ascontiguousarray(attack_vectors, dtype=np.float32)
         self.benign = np.ascontiguousarray(benign_vectors, dtype=np.float32).reshape(-1, self.attacks.shape[1])
-        if fit_cache is None:
+        self.contrast: Contrast | None
+        if trained is not None:
+            self.contrast = trained
+        elif fit_cache is None:
             self.contrast = fit_contrast(self.attacks, self.benign, examples.attacks, examples.benign)
         else:
             self.contrast = fit_cached(self.attacks, self.benign, examples.attacks, examples.benign, fit_cache)

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from plugins.embedding_guard import contrast
 from plugins.embedding_guard.contrast import Contrast, Matrix, fit_contrast
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # bump when the file layout or the fit changes in a way the parameters below do not show
+FORMAT = 2  # bump when the file layout or the fit changes in a way the parameters below do not show
 KEEP = 8  # fits kept in the folder (about 1 MB each for the preset); older ones are removed after each write
 
 
@@ -64,7 +65,7 @@ def load(path: Path, width: int) -> Contrast | None:
             grams = np.asarray(stored["gram_weights"], dtype=np.float32) if "gram_weights" in stored else None
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("embedding_guard: ignoring unreadable fit cache %s: %s", path, exc)
         return None
     if weights.shape != (width,) or (grams is not None and grams.shape != (contrast.GRAM_DIM,)):

@@ -46,6 +46,7 @@ from plugins.embedding_guard.detect import Detection, Matrix, decide, ends_sente
 from plugins.embedding_guard.detector import Detector
 from plugins.embedding_guard.examples import ExampleSet, collect
 from plugins.embedding_guard.fit_cache import default_directory
+from plugins.embedding_guard.trained import trained_contrast
 
 T = TypeVar("T")
 OFF_LOOP_CHARS = 2000  # sentence splitting of longer texts runs on a thread
@@ -57,7 +58,7 @@ _EMBEDDED: OrderedDict[tuple[str | None, tuple[str, ...]], Matrix] = OrderedDict
 _EMBEDDED_MAX = 8
 # Detectors fitted in this process, by (model, example sets): the contrast's fit is not repeated either (and across
 # processes, the fitted contrast is read back from the disk cache: fit_cache.py).
-_FITTED: OrderedDict[tuple[str | None, ExampleSet], Detector] = OrderedDict()
+_FITTED: OrderedDict[tuple[str | None, ExampleSet, bool], Detector] = OrderedDict()
 _FITTED_MAX = 4
 
 SIMILARITY = metrics.histogram(
@@ -116,13 +117,18 @@ class EmbeddingGuard(Plugin):
                 benign_examples=cfg.benign_examples,
                 benign_file=cfg.benign_file,
             )
-            key = (cfg.model_path, examples)
+            key = (cfg.model_path, examples, cfg.uses_trained)
             if key in _FITTED:
                 _FITTED.move_to_end(key)
             else:
                 attacks = await self._embed_all(examples.attacks)
                 benign = await self._embed_all(examples.benign)
-                _FITTED[key] = await asyncio.to_thread(Detector, examples, attacks, benign, default_directory())
+                trained = None
+                if cfg.uses_trained and cfg.preset is not None:
+                    trained = await asyncio.to_thread(trained_contrast, cfg.preset)
+                _FITTED[key] = await asyncio.to_thread(
+                    Detector, examples, attacks, benign, default_directory(), trained
+                )
                 while len(_FITTED) > _FITTED_MAX:
                     _FITTED.popitem(last=False)
             self.detector = _FITTED[key]

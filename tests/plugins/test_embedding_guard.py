@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from bench import injection
 from gateway.guarding import BLOCK_MESSAGE
 from plugins.embedding_guard import EmbeddingGuard, EmbeddingGuardConfig
+from plugins.embedding_guard.detect import decide
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 
@@ -110,6 +112,15 @@ def test_text_about_prompts_is_not_an_attack(gateway: GatewayServer) -> None:
     # "unique prompt 17 123456789" was blocked before benign lines about prompts joined the contrast set.
     for text in ("unique prompt 17 123456789", "unique prompt", "Can you improve the wording of my prompt?"):
         assert ask(gateway, "guarded", text) == "echo: " + text
+
+
+def test_the_benchmarks_unique_prompts_pass() -> None:
+    # `make bench` sends "unique prompt <n> <random>" through pii + embedding_guard: it must measure the clean path.
+    rng = random.Random(11)
+    for _ in range(40):
+        text = f"unique prompt {rng.randint(1, 10**5)} {rng.randint(1, 10**9)}"
+        _, detections = injection.check(text)
+        assert not any(decide(d, injection.Setting()) for d in detections), text
 
 
 def test_an_attack_in_korean_is_refused(gateway: GatewayServer) -> None:
@@ -221,10 +232,6 @@ def test_ready_reports_the_example_sets(gateway: GatewayServer) -> None:
 @pytest.fixture(scope="module")
 def scored() -> tuple[injection.Scored, ...]:
     return injection.score_all()
-
-
-def test_defaults_are_what_the_tune_split_recommends(scored: tuple[injection.Scored, ...]) -> None:
-    assert injection.recommend(scored) == injection.Setting()
 
 
 def test_no_evaluation_item_copies_a_preset_line() -> None:

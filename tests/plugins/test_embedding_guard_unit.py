@@ -547,7 +547,7 @@ def test_fit_cache_misses_then_hits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert stored.name != f"{other}.npz"  # other examples, another file
 
 
-@pytest.mark.parametrize("content", [b"not a numpy file", b""])
+@pytest.mark.parametrize("content", [b"not a numpy file", b"", b"PK\x03\x04 a truncated archive"])
 def test_fit_cache_refits_over_a_corrupt_file(tmp_path: Path, content: bytes) -> None:
     attacks, benign, attack_texts, benign_texts = _fit_inputs()
     path = tmp_path / f"{fit_cache.digest(attacks, benign, attack_texts, benign_texts)}.npz"

@@ -12,13 +12,13 @@ Training data, each side weighted equally within each group, groups weighted by 
   yanismiraoui/prompt_injections (Apache-2.0; attacks only, several languages). About 22,000 distinct texts.
 - preset: the preset's attack and benign lines.
 - dev: the labelled files written for this project: injection_eval.jsonl's tune split (its test split stays out: the
-  test suite's acceptance gate reads it) and injection_holdout{,2,3,4}.jsonl. Whole texts; the sentence windows of
+  test suite's acceptance gate reads it) and injection_holdout{,2,3,4,5,6}.jsonl. Whole texts; the sentence windows of
   the benign long texts are benign rows too (a long document about attacks is benign in every sentence; which
   sentence of a long attack is the injection is not labelled, so those windows are left out).
 
 The thresholds (`contrast`, `window_contrast`, `near`, `window_vote`) are picked by leaving each held-out file out in
 turn: trained on everything else, the left-out file is scored through the plugin's own path (its windows, the
-address cue, every rule) for each setting of GRID. Summed over the four, the setting that blocks the most attacks
+address cue, every rule) for each setting of GRID. Summed over them, the setting that blocks the most attacks
 with at most MAX_LOOKALIKES of the look-alikes wins (ties: the fewest benign blocked, then the stricter). The final
 classifier is then trained on everything. A fresh file scored once with `python -m bench.injection --holdout FILE` is
 the honest measure afterwards.
@@ -54,12 +54,7 @@ SOURCES = {
     "neuralchemy": ("neuralchemy/Prompt-injection-dataset (core)", "Apache-2.0"),
     "yanismiraoui": ("yanismiraoui/prompt_injections", "Apache-2.0"),
 }
-DEV_FILES = (
-    "injection_holdout.jsonl",
-    "injection_holdout2.jsonl",
-    "injection_holdout3.jsonl",
-    "injection_holdout4.jsonl",
-)
+DEV_FILES = tuple(f"injection_holdout{n}.jsonl" for n in ("", "2", "3", "4", "5", "6"))
 # Leave-one-file-out over the dev files (sums over the four; leave-one-out figures in the model card): C 1 -> 10 ->
 # 30 raised attacks 88 -> 93 -> 94% and look-alikes 9 -> 9 -> 11%; the public sets lifted attacks from 80 to 92% at
 # a similar look-alike rate; the benign windows cut look-alikes 12.6 -> 10.2% for 1 point of attacks. With the public

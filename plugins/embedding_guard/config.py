@@ -16,12 +16,12 @@ from plugins.embedding_guard.examples import Preset
 # these to it), the rest by `python -m bench.injection` on the tune split of tests/plugins/injection_eval.jsonl with
 # the classifier fitted at start. Another model or example set wants its own tuning.
 DEFAULT_THRESHOLD = 0.30
-DEFAULT_NEAR = 0.80  # all-MiniLM-L6-v2 puts paraphrases of one sentence at about 0.7; 0.7 blocked document sentences
+DEFAULT_NEAR = 0.70  # all-MiniLM-L6-v2 puts paraphrases of one sentence about this close
 DEFAULT_MARGIN = 0.10  # not tuned: a near copy must also be clearly nearer an attack than anything benign
 DEFAULT_VOTE: float | None = None  # off: beside the trained classifier it blocked only look-alikes
-DEFAULT_CONTRAST = 0.70
-DEFAULT_WINDOW_CONTRAST = 0.90
-DEFAULT_WINDOW_VOTE = -0.10
+DEFAULT_CONTRAST = 0.50
+DEFAULT_WINDOW_CONTRAST = 0.95
+DEFAULT_WINDOW_VOTE: float | None = None
 # Not tuned (the tune split's attacks are all caught without it): on the development files, 0.4 gained the most
 # attacks addressed to an AI reader without blocking a benign text, 0.3 began to block look-alikes (docs/guards.md).
 DEFAULT_ADDRESS_CONTRAST = 0.40

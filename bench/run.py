@@ -214,7 +214,9 @@ def _holdout() -> str:
     from bench.injection_report import render_holdout
 
     files = (
-        ("injection_holdout5.jsonl", "Held out (fifth file, the clean measurement): "),
+        ("injection_holdout7.jsonl", "Held out (seventh file, the clean measurement): "),
+        ("injection_holdout6.jsonl", "Sixth held-out file (trained on since; optimistic): "),
+        ("injection_holdout5.jsonl", "Fifth held-out file (trained on since; optimistic): "),
         ("injection_holdout4.jsonl", "Fourth held-out file (trained on since; optimistic): "),
         ("injection_holdout3.jsonl", "Third held-out file (trained on since; optimistic): "),
         ("injection_holdout2.jsonl", "Second held-out file (trained on since; optimistic): "),

@@ -94,7 +94,7 @@ def render() -> str:
         f"{100 * MIN_ATTACKS_BLOCKED:.0f}% of attacks blocked, <= {100 * MAX_LOOKALIKES_BLOCKED:.0f}% of look-alikes.",
         "",
         f"Shipped defaults: {_describe(shipped)}; the classifier is the preset's trained one "
-        f"({'loaded' if guard.contrast is not None and trained_contrast('prompt_injection') is not None else 'MISSING'}"
+        f"({'loaded' if trained_contrast('prompt_injection') is not None else 'MISSING'}"
         "), whose training data holds the tune split (not the test split): tune figures are optimistic. Its "
         "`contrast` and `window_contrast` were picked by cross-validation over the held-out files "
         "(bench/train_injection.py). Baseline, the nearest-example margin alone tuned on the tune split: cosine >= "

@@ -56,22 +56,35 @@ def digest(
     return h.hexdigest()
 
 
+# What reading a damaged or foreign .npz raises (a truncated one that still starts like a zip: BadZipFile).
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+def read(path: Path, width: int, note: str = "") -> tuple[Contrast, str]:
+    """The contrast stored at `path`, and the text stored under `note` beside it ("" when not asked for).
+
+    Raises FileNotFoundError, one of READ_ERRORS, or ValueError when the shapes are not a fit's for `width`.
+    """
+    with np.load(path, allow_pickle=False) as stored:
+        weights = np.asarray(stored["weights"], dtype=np.float32)
+        bias = float(stored["bias"])
+        grams = np.asarray(stored["gram_weights"], dtype=np.float32) if "gram_weights" in stored else None
+        text = str(stored[note]) if note else ""
+    if weights.shape != (width,) or (grams is not None and grams.shape != (contrast.GRAM_DIM,)):
+        raise ValueError(f"unexpected shapes {weights.shape}, {None if grams is None else grams.shape}")
+    return Contrast(weights, bias, grams), text
+
+
 def load(path: Path, width: int) -> Contrast | None:
     """The contrast stored at `path`, or None when the file is missing, unreadable or not what a fit returns."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            weights = np.asarray(stored["weights"], dtype=np.float32)
-            bias = float(stored["bias"])
-            grams = np.asarray(stored["gram_weights"], dtype=np.float32) if "gram_weights" in stored else None
+        found, _ = read(path, width)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+    except READ_ERRORS as exc:
         log.warning("embedding_guard: ignoring unreadable fit cache %s: %s", path, exc)
         return None
-    if weights.shape != (width,) or (grams is not None and grams.shape != (contrast.GRAM_DIM,)):
-        log.warning("embedding_guard: ignoring fit cache %s with unexpected shapes", path)
-        return None
-    return Contrast(weights, bias, grams)
+    return found
 
 
 def store(path: Path, fitted: Contrast) -> None:

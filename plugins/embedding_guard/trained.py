@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from plugins.embedding_guard import contrast
+from plugins.embedding_guard import fit_cache
 from plugins.embedding_guard.contrast import Contrast
 from plugins.embedding_guard.examples import PRESETS, Preset, preset_files
 
@@ -55,14 +54,10 @@ def save(path: Path, fitted: Contrast, digest: str) -> None:
 
 def load(path: Path) -> tuple[Contrast, str]:
     """The contrast in `path` and the digest of the preset it was trained with. Raises on a missing or bad file."""
-    with np.load(path, allow_pickle=False) as stored:
-        weights = np.asarray(stored["weights"], dtype=np.float32)
-        grams = np.asarray(stored["gram_weights"], dtype=np.float32)
-        bias = float(stored["bias"])
-        digest = str(stored["preset_digest"])
-    if weights.shape != (WIDTH,) or grams.shape != (contrast.GRAM_DIM,):
-        raise ValueError(f"{path}: unexpected shapes {weights.shape}, {grams.shape}")
-    return Contrast(weights, bias, grams), digest
+    fitted, digest = fit_cache.read(path, WIDTH, note="preset_digest")
+    if fitted.gram_weights is None:
+        raise ValueError(f"{path}: no n-gram weights")
+    return fitted, digest
 
 
 def trained_contrast(preset: Preset, path: Path | None = None) -> Contrast | None:
@@ -73,7 +68,7 @@ def trained_contrast(preset: Preset, path: Path | None = None) -> Contrast | Non
         fitted, digest = load(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+    except fit_cache.READ_ERRORS as exc:
         log.warning("embedding_guard: ignoring the trained classifier %s: %s", path, exc)
         return None
     if digest != preset_digest(preset):

@@ -263,6 +263,11 @@ class Telemetry(StrictModel):
     )
     metrics_interval_s: float = Field(30.0, gt=0, description="How often OTLP metrics are exported.")
     span_queue_size: int = Field(4096, ge=16, description="Spans waiting for export; beyond it spans are dropped.")
+    export_process: bool = Field(
+        True,
+        description="Encode and send spans from a helper process, off the gateway's GIL (false: a thread in the "
+        "gateway's process).",
+    )
     overhead_header: bool = Field(False, description="Add x-gateway-overhead-ms (time outside the upstream call).")
     request_log: RequestLogConfig = Field(
         default_factory=RequestLogConfig, description="A record per request in SQLite or PostgreSQL."

@@ -1,7 +1,8 @@
 """OpenTelemetry traces and metrics for the request path (OTLP over HTTP or gRPC).
 
-Each loaded policy has its own `Telemetry`: a tracer provider (ratio sampler that follows the
-client's `traceparent` decision, bounded export queue) and, when an endpoint is known, a meter
+Each loaded policy has its own `Telemetry`: a tracer (`spans.FastTracer`: a ratio sampler that
+follows the client's `traceparent` decision; spans recorded as plain tuples), a bounded export queue
+feeding an export helper process (`export.py`) and, when an endpoint is known, a meter
 provider exporting the GenAI metrics. Nothing is exported unless the policy's `otlp_endpoint` or
 `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector. Per request (`RequestTrace`):
 
@@ -21,16 +22,13 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway.policy import Telemetry as TelemetryConfig
 from gateway.telemetry import genai
-from gateway.telemetry.export import BoundedSpanProcessor, Endpoint, metric_exporter, span_exporter
+from gateway.telemetry.export import Endpoint, ProcessSender, Sender, Source, SpanQueue, ThreadSender, metric_exporter
 from gateway.telemetry.histograms import Histograms
 from gateway.telemetry.request import RequestTrace, install_routing_provider
+from gateway.telemetry.spans import FastTracer
 
 __all__ = ["RequestTrace", "Telemetry", "resolve_endpoint"]
 
@@ -62,21 +60,20 @@ class Telemetry:
         self.config = config
         self.endpoint = resolve_endpoint(config, env)
         self.tracer: trace.Tracer | None = None
-        self._provider: TracerProvider | None = None
+        self._spans: SpanQueue | None = None
         self.otlp: Histograms | None = None  # the OTLP metrics (the Prometheus ones are always recorded)
         if self.endpoint is None:
             return
         name = config.service_name if "service_name" in config.model_fields_set else None
         name = name or env.get("OTEL_SERVICE_NAME") or config.service_name
-        resource = Resource.create({"service.name": name, "service.version": version})
-        sampler = ParentBased(TraceIdRatioBased(_sample_ratio(config, env)))
-        self._provider = TracerProvider(resource=resource, sampler=sampler)
-        self._provider.add_span_processor(BoundedSpanProcessor(span_exporter(self.endpoint), config.span_queue_size))
-        self.tracer = self._provider.get_tracer("gateway", version)
+        source = Source({"service.name": name, "service.version": version}, ("gateway", version))
+        sender: Sender = (ProcessSender if config.export_process else ThreadSender)(self.endpoint, source)
+        self._spans = SpanQueue(sender, config.span_queue_size)
+        self.tracer = FastTracer(_sample_ratio(config, env), self._spans.put)
         install_routing_provider()
         if not config.otlp_metrics or env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
             return
-        scope = InstrumentationScope("gateway", version)
+        resource, scope = source.sdk()
         self.otlp = Histograms(
             genai.OTLP_SPECS, metric_exporter(self.endpoint), resource, scope, config.metrics_interval_s
         )
@@ -91,13 +88,13 @@ class Telemetry:
         return RequestTrace.start(self, method, path, headers)
 
     def flush(self, timeout_s: float = 10.0) -> None:
-        if self._provider is not None:
-            self._provider.force_flush(int(timeout_s * 1000))
+        if self._spans is not None:
+            self._spans.force_flush(timeout_s)
         if self.otlp is not None:
             self.otlp.force_flush()
 
     def shutdown(self) -> None:
-        if self._provider is not None:
-            self._provider.shutdown()
+        if self._spans is not None:
+            self._spans.shutdown()
         if self.otlp is not None:
             self.otlp.shutdown()

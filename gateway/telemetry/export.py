@@ -1,24 +1,40 @@
-"""Getting spans and metrics off the machine without ever slowing a request.
+"""Getting spans off the machine without ever slowing a request.
 
-Spans go into a bounded queue; one daemon thread exports them in batches. A full queue drops the
-span (counted), a failing or slow collector only delays that thread (failures counted), so the event
-loop never waits on the network. Exporters speak OTLP over HTTP/protobuf or gRPC.
+Finished spans (`spans.Record` tuples) go into a bounded queue; one daemon thread hands them in batches
+to a sender. A full queue drops the span (counted). The default sender is a helper process
+(`python -m gateway.telemetry.export_worker`, one per loaded policy) that rebuilds the SDK's
+`ReadableSpan`s and runs the real OTLP exporter (HTTP/protobuf or gRPC): encoding a span to protobuf
+costs ~36 us, and done in the gateway's process it holds the GIL the event loop needs. Batches go to
+the helper pickled over its stdin; it answers one line per batch (`ok N` / `failed N`) and per flush
+marker (`flushed`). `export_process: false` keeps the exporter on the thread instead. Either way a
+failing or slow collector only delays export (failures counted); the event loop never waits on it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import logging
+import pickle
+import struct
+import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO, Any, Protocol
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.metrics.export import MetricExporter
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from gateway import metrics
+from gateway.telemetry.spans import Record
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -31,6 +47,11 @@ SPANS_EXPORTED = metrics.counter(
 
 BATCH = 512
 EXPORT_TIMEOUT_S = 5.0
+RESTART_AFTER_S = 1.0  # a helper that died is started again at most this often
+FRAME = struct.Struct(">I")  # a batch's length before its pickle; 0: a flush marker
+_KINDS = {kind.value: kind for kind in SpanKind}
+_CODES = {code.value: code for code in StatusCode}
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +63,17 @@ class Endpoint:
 
     def signal_url(self, signal: str) -> str:
         return f"{self.base_url.rstrip('/')}/v1/{signal}"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What every exported span says about where it came from: resource attributes and scope."""
+
+    resource: Mapping[str, str]
+    scope: tuple[str, str]  # name, version
+
+    def sdk(self) -> tuple[Resource, InstrumentationScope]:
+        return Resource.create(dict(self.resource)), InstrumentationScope(*self.scope)
 
 
 def span_exporter(endpoint: Endpoint) -> SpanExporter:
@@ -68,34 +100,201 @@ def metric_exporter(endpoint: Endpoint) -> MetricExporter:
     return HttpMetricExporter(endpoint=endpoint.signal_url("metrics"), timeout=EXPORT_TIMEOUT_S)
 
 
-class BoundedSpanProcessor(SpanProcessor):
-    """Batches finished spans to an exporter from one thread; never blocks the caller."""
+def _state(header: str) -> TraceState | None:
+    return TraceState.from_header([header]) if header else None
 
-    def __init__(self, exporter: SpanExporter, max_queue: int, delay_s: float = 1.0) -> None:
-        self._exporter = exporter
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+
+def to_readable(records: Sequence[Record], resource: Resource, scope: InstrumentationScope) -> list[ReadableSpan]:
+    """Span records as the SDK's `ReadableSpan`s, for any SDK exporter."""
+    spans = []
+    for name, trace_id, span_id, state, parent, kind, start, end, attributes, events, links, status in records:
+        trace_state = _state(state)
+        spans.append(
+            ReadableSpan(
+                name,
+                SpanContext(trace_id, span_id, False, _SAMPLED, trace_state),
+                None if parent is None else SpanContext(trace_id, parent[0], parent[1], _SAMPLED, trace_state),
+                resource,
+                attributes,
+                [Event(n, a, t) for n, a, t in events or ()],
+                [
+                    Link(SpanContext(t, s, remote, TraceFlags(flags), _state(ts)), a)
+                    for t, s, flags, remote, ts, a in links or ()
+                ],
+                _KINDS[kind],
+                status=Status(_CODES[status[0]], status[1]),
+                start_time=start,
+                end_time=end,
+                instrumentation_scope=scope,
+            )
+        )
+    return spans
+
+
+def export(exporter: SpanExporter, records: Sequence[Record], resource: Resource, scope: InstrumentationScope) -> bool:
+    """One batch through the exporter; True when the collector took it."""
+    try:
+        return exporter.export(to_readable(records, resource, scope)) is SpanExportResult.SUCCESS
+    except Exception:  # an exporter must not kill its caller; the collector may come back
+        log.warning("span export raised", exc_info=True)
+        return False
+
+
+class Sender(Protocol):
+    def send(self, batch: list[Record]) -> None: ...
+
+    def flush(self, timeout_s: float) -> bool: ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+class ThreadSender:
+    """Runs the exporter on the queue's thread, in the gateway's process (`export_process: false`)."""
+
+    def __init__(self, endpoint: Endpoint, source: Source) -> None:
+        self._exporter = span_exporter(endpoint)
+        self._resource, self._scope = source.sdk()
+
+    def send(self, batch: list[Record]) -> None:
+        ok = export(self._exporter, batch, self._resource, self._scope)
+        SPANS_EXPORTED.labels("ok" if ok else "failed").inc(len(batch))
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        self._exporter.shutdown()
+
+
+class ProcessSender:
+    """Hands batches to the export helper process; reads its results on a thread of its own."""
+
+    def __init__(self, endpoint: Endpoint, source: Source) -> None:
+        self._spec = json.dumps(
+            {
+                "endpoint": endpoint.base_url,
+                "protocol": endpoint.protocol,
+                "resource": dict(source.resource),
+                "scope": list(source.scope),
+            }
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+        self._write = threading.Lock()
+        self._answers = threading.Condition()
+        self._flushed = 0  # flush markers answered by the current helper
+
+    def _helper(self) -> subprocess.Popen[bytes] | None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        if proc is not None:
+            log.warning("the span export process exited (code %s); starting another", proc.returncode)
+            self._proc = None
+        if time.monotonic() - self._started < RESTART_AFTER_S:
+            return None
+        self._started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.telemetry.export_worker", self._spec],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        except OSError as exc:
+            log.warning("span export process not started: %s", exc)
+            return None
+        assert proc.stdout is not None
+        with self._answers:
+            self._flushed = 0
+        threading.Thread(target=self._read, args=(proc.stdout,), name="otlp-span-answers", daemon=True).start()
+        self._proc = proc
+        return proc
+
+    def _read(self, answers: IO[bytes]) -> None:
+        for line in answers:
+            word, _, count = line.decode("ascii", "replace").strip().partition(" ")
+            if word in ("ok", "failed"):
+                SPANS_EXPORTED.labels(word).inc(int(count or 0))
+            elif word == "flushed":
+                with self._answers:
+                    self._flushed += 1
+                    self._answers.notify_all()
+        answers.close()
+        with self._answers:
+            self._answers.notify_all()
+
+    def _frame(self, payload: bytes) -> bool:
+        with self._write:
+            proc = self._helper()
+            if proc is None or proc.stdin is None:
+                return False
+            try:
+                proc.stdin.write(FRAME.pack(len(payload)) + payload)
+                proc.stdin.flush()
+            except (OSError, ValueError):  # BrokenPipe: the helper died; the next batch starts another
+                return False
+            return True
+
+    def send(self, batch: list[Record]) -> None:
+        if not self._frame(pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)):
+            SPANS_EXPORTED.labels("failed").inc(len(batch))
+
+    def flush(self, timeout_s: float) -> bool:
+        """True once the helper has exported everything sent before this call (or within `timeout_s`)."""
+        with self._answers:
+            target = self._flushed + 1
+        if not self._frame(b""):
+            return False
+        deadline = time.monotonic() + timeout_s
+        with self._answers:
+            while self._flushed < target:
+                left = deadline - time.monotonic()
+                proc = self._proc
+                if left <= 0 or proc is None or proc.poll() is not None:
+                    return False
+                self._answers.wait(min(left, 0.5))
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # end of input: the helper exports what it holds and exits
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("the span export process did not finish in %.0f s; stopped", timeout_s)
+            proc.kill()
+            proc.wait()
+
+
+class SpanQueue:
+    """Bounded queue of finished spans; one thread batches them to a sender, never blocking the caller."""
+
+    def __init__(self, sender: Sender, max_queue: int, delay_s: float = 1.0) -> None:
+        self.sender = sender
+        self._queue: collections.deque[Record] = collections.deque()
         self._max_queue = max_queue
         self._delay_s = delay_s
         self._wake = threading.Event()
-        self._flushed = threading.Condition()
+        self._drained = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="otlp-span-export", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        return None
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if not span.context.trace_flags.sampled:
+    def put(self, record: Record) -> None:
+        """The tracer's sink: called by `FastSpan.end()` on the request path."""
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            SPANS_DROPPED.labels("shutdown" if self._stopping else "queue_full").inc()
             return
         if self._stopping:
             SPANS_DROPPED.labels("shutdown").inc()
             return
-        if len(self._queue) >= self._max_queue:
-            SPANS_DROPPED.labels("queue_full").inc()
-            return
-        self._queue.append(span)  # deque.append is atomic: no lock on the request path
-        if len(self._queue) >= BATCH:
+        queue.append(record)  # deque.append is atomic: no lock on the request path
+        if len(queue) == BATCH:
             self._wake.set()
 
     def _run(self) -> None:
@@ -103,34 +302,47 @@ class BoundedSpanProcessor(SpanProcessor):
             self._wake.wait(self._delay_s)
             self._wake.clear()
             self._drain()
-            with self._flushed:
-                self._flushed.notify_all()
+            with self._drained:
+                self._drained.notify_all()
             if self._stopping:
                 return
 
     def _drain(self) -> None:
-        while self._queue:
-            batch: list[ReadableSpan] = []
-            while self._queue and len(batch) < BATCH:
-                batch.append(self._queue.popleft())
-            self._export(batch)
+        queue = self._queue
+        while queue:
+            batch: list[Record] = []
+            while queue and len(batch) < BATCH:
+                batch.append(queue.popleft())
+            self.sender.send(batch)
 
-    def _export(self, batch: Sequence[ReadableSpan]) -> None:
-        try:
-            result = self._exporter.export(batch)
-        except Exception:  # an exporter must not kill the thread; the collector may come back
-            log.warning("span export raised", exc_info=True)
-            result = SpanExportResult.FAILURE
-        outcome = "ok" if result is SpanExportResult.SUCCESS else "failed"
-        SPANS_EXPORTED.labels(outcome).inc(len(batch))
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        with self._flushed:
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._drained:
             self._wake.set()
-            return self._flushed.wait(timeout_millis / 1000)
+            if not self._drained.wait(timeout_s):
+                return False
+        return self.sender.flush(max(0.0, deadline - time.monotonic()))
 
     def shutdown(self) -> None:
         self._stopping = True
         self._wake.set()
         self._thread.join(EXPORT_TIMEOUT_S * 2)
-        self._exporter.shutdown()
+        self.sender.close(EXPORT_TIMEOUT_S * 2)
+
+
+def serve(spec: Mapping[str, Any], frames: IO[bytes], answers: IO[bytes]) -> None:
+    """The helper's loop: batches in, OTLP out, one answer line per batch or flush marker."""
+    exporter = span_exporter(Endpoint(spec["endpoint"], spec["protocol"]))
+    resource, scope = Source(spec["resource"], tuple(spec["scope"])).sdk()
+    try:
+        while head := frames.read(FRAME.size):
+            (size,) = FRAME.unpack(head)
+            if size == 0:
+                answers.write(b"flushed\n")
+            else:
+                batch = pickle.loads(frames.read(size))  # our own gateway's batches, over our own stdin
+                ok = export(exporter, batch, resource, scope)
+                answers.write(b"ok %d\n" % len(batch) if ok else b"failed %d\n" % len(batch))
+            answers.flush()
+    finally:
+        exporter.shutdown()

@@ -330,6 +330,8 @@ def _same(text: str) -> str:
 
 async def _trace_answer(trace: RequestTrace, ctx: RequestContext, answer: dict[str, Any]) -> None:
     """Close the client span of a whole answer (content recorded only when the policy opts in)."""
+    if trace.client is None:  # not sampled, or a cache answered
+        return
     if trace.capture:
         redact = _redactor(ctx)
         await trace.capture_input(ctx.endpoint, ctx.body, redact)

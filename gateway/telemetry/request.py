@@ -25,6 +25,16 @@ log = logging.getLogger("gateway.telemetry")
 PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent + tracestate
 TRACE_HEADERS = ("traceparent", "tracestate")
 _ACTIVE: ContextVar[trace.Tracer | None] = ContextVar("gateway_tracer", default=None)
+_EMPTY = otel_context.Context()  # no traceparent: a new trace (extracting from nothing gives the same)
+
+
+def trace_headers(span: Span) -> dict[str, str]:
+    """W3C `traceparent` (and `tracestate`) naming `span`: what TraceContextTextMapPropagator.inject writes."""
+    found = span.get_span_context()
+    carrier = {"traceparent": f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"}
+    if found.trace_state:
+        carrier["tracestate"] = found.trace_state.to_header()
+    return carrier
 
 
 def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -33,20 +43,21 @@ def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 class RequestTrace:
-    __slots__ = ("capture", "client", "route_span", "span", "telemetry", "tracer")
+    __slots__ = ("capture", "client", "recording", "route_span", "span", "telemetry", "tracer")
 
     def __init__(self, telemetry: Telemetry, tracer: trace.Tracer, span: Span) -> None:
         self.telemetry = telemetry
         self.tracer = tracer
         self.span = span
-        self.capture = telemetry.config.capture_content and span.is_recording()
+        self.recording = span.is_recording()  # sampled: decided at the start, for the whole request
+        self.capture = telemetry.config.capture_content and self.recording
         self.route_span: Span | None = None
         self.client: Span | None = None
 
     @classmethod
     def start(cls, telemetry: Telemetry, method: str, path: str, headers: Mapping[str, str]) -> RequestTrace:
         assert telemetry.tracer is not None
-        parent = PROPAGATOR.extract(headers)
+        parent = PROPAGATOR.extract(headers) if "traceparent" in headers else _EMPTY
         span = telemetry.tracer.start_span(
             f"{method} {path}",
             context=parent,
@@ -57,10 +68,6 @@ class RequestTrace:
         otel_context.attach(trace.set_span_in_context(span, parent))
         _ACTIVE.set(telemetry.tracer)
         return cls(telemetry, telemetry.tracer, span)
-
-    @property
-    def recording(self) -> bool:
-        return self.span.is_recording()
 
     def bind(self, ctx: RequestContext) -> None:
         ctx.put(self)
@@ -117,18 +124,15 @@ class RequestTrace:
 
     def start_client(self, name: str, attributes: Attributes, backend: str) -> dict[str, str]:
         """Open the CLIENT span of one upstream call; the trace headers to send with it."""
-        carrier: dict[str, str] = {}
         if not self.recording:  # not sampled: no span, but the trace (flagged unsampled) still goes upstream
-            PROPAGATOR.inject(carrier, context=trace.set_span_in_context(self.span))
-            return carrier
+            return trace_headers(self.span)
         parent = self.route_span or self.span
         span = self.tracer.start_span(
             name, context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT, attributes=attributes
         )
         span.set_attribute("gateway.backend", backend)
         self.client = span
-        PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        return carrier
+        return trace_headers(span)
 
     def end_client(self, attributes: Attributes = None, error: str | None = None) -> None:
         span, self.client = self.client, None

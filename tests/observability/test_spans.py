@@ -20,6 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway import metrics
 from gateway.telemetry import export
 from gateway.telemetry.export import Endpoint, ProcessSender, Source, SpanQueue, ThreadSender, to_readable
+from gateway.telemetry.request import trace_headers
 from gateway.telemetry.spans import LIMIT, FastSpan, FastTracer, Record
 from tests.fakes.otlp import OtlpReceiver
 
@@ -317,3 +318,14 @@ def test_a_dead_collector_counts_failures_through_the_process(monkeypatch: pytes
     assert queue.force_flush(30)
     assert counter("gateway_telemetry_spans_exported_total", "failed") - before == 1
     queue.shutdown()
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+@pytest.mark.parametrize("state", ["", "vendor=1,other=two"])
+def test_trace_headers_are_what_the_w3c_propagator_writes(sampled: bool, state: str) -> None:
+    tracer, _ = recorded(1.0)
+    span = tracer.start_span("call", context=remote(sampled, state))
+    expected: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(expected, context=trace.set_span_in_context(span))
+    assert trace_headers(span) == expected
+    assert expected["traceparent"].endswith("-01" if sampled else "-00")

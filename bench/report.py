@@ -60,7 +60,7 @@ def targets(
         added_ms = traced["added_us"] / 1000
         rows.append(
             (
-                "tracing, sampled: CPU added on the request path (bench/tracing.py; export thread not included)",
+                "tracing, sampled: CPU added on the request path (bench/tracing.py; the export process not included)",
                 "< 0.2 ms",
                 f"{added_ms:.3f} ms",
                 added_ms < 0.2,
@@ -126,7 +126,8 @@ def page(
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     tracing = (
-        f"tracing on (every request sampled, spans exported over OTLP/HTTP to a local sink: "
+        f"tracing on (every request sampled, spans exported over OTLP/HTTP to a local sink by the gateway's "
+        f"export process, whose CPU the CPU column counts: "
         f"{extra.get('sink', {}).get('requests', 0):,} export requests, "
         f"{extra.get('sink', {}).get('bytes', 0):,} bytes received)"
         if extra.get("tracing")

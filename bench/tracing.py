@@ -1,7 +1,8 @@
 """The CPU cost of tracing one request, without the network: every span a plain proxied request
 makes (server span, one plugin step, route, client span with GenAI attributes, W3C inject), with
-sampling on and the real bounded export queue feeding an OTLP/HTTP exporter whose collector is a
-local sink. Measured as microseconds per request against the same loop with tracing off.
+sampling on and the real bounded export queue feeding the export process's OTLP/HTTP exporter, whose
+collector is a local sink. Measured as microseconds per request (this thread's CPU: the export
+process is not counted) against the same loop with tracing off.
 
     python -m bench.tracing [--requests 5000]
 """

@@ -166,6 +166,21 @@ class ThreadSender:
         self._exporter.shutdown()
 
 
+class _Helper:
+    """One export process and its flush markers (sent, answered)."""
+
+    __slots__ = ("answered", "proc", "sent")
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.sent = 0
+        self.answered = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
 class ProcessSender:
     """Hands batches to the export helper process; reads its results on a thread of its own."""
 
@@ -178,19 +193,25 @@ class ProcessSender:
                 "scope": list(source.scope),
             }
         )
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._helper: _Helper | None = None
         self._started = 0.0
-        self._write = threading.Lock()
+        self._write = threading.Lock()  # one writer at a time on the helper's stdin
         self._answers = threading.Condition()
-        self._flushed = 0  # flush markers answered by the current helper
 
-    def _helper(self) -> subprocess.Popen[bytes] | None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            return proc
-        if proc is not None:
-            log.warning("the span export process exited (code %s); starting another", proc.returncode)
-            self._proc = None
+    @property
+    def pid(self) -> int | None:
+        """The current helper's process id (None: not started, or gone)."""
+        helper = self._helper
+        return helper.proc.pid if helper is not None and helper.alive else None
+
+    def _current(self) -> _Helper | None:
+        """The running helper, started (again) if needed; called with the write lock held."""
+        helper = self._helper
+        if helper is not None and helper.alive:
+            return helper
+        if helper is not None:
+            log.warning("the span export process exited (code %s); starting another", helper.proc.returncode)
+            self._helper = None
         if time.monotonic() - self._started < RESTART_AFTER_S:
             return None
         self._started = time.monotonic()
@@ -203,71 +224,88 @@ class ProcessSender:
         except OSError as exc:
             log.warning("span export process not started: %s", exc)
             return None
-        assert proc.stdout is not None
-        with self._answers:
-            self._flushed = 0
-        threading.Thread(target=self._read, args=(proc.stdout,), name="otlp-span-answers", daemon=True).start()
-        self._proc = proc
-        return proc
+        helper = self._helper = _Helper(proc)
+        threading.Thread(target=self._read, args=(helper,), name="otlp-span-answers", daemon=True).start()
+        return helper
 
-    def _read(self, answers: IO[bytes]) -> None:
+    def _read(self, helper: _Helper) -> None:
+        answers = helper.proc.stdout
+        assert answers is not None
         for line in answers:
             word, _, count = line.decode("ascii", "replace").strip().partition(" ")
             if word in ("ok", "failed"):
                 SPANS_EXPORTED.labels(word).inc(int(count or 0))
             elif word == "flushed":
                 with self._answers:
-                    self._flushed += 1
+                    helper.answered += 1
                     self._answers.notify_all()
         answers.close()
         with self._answers:
             self._answers.notify_all()
 
-    def _frame(self, payload: bytes) -> bool:
-        with self._write:
-            proc = self._helper()
-            if proc is None or proc.stdin is None:
-                return False
-            try:
-                proc.stdin.write(FRAME.pack(len(payload)) + payload)
-                proc.stdin.flush()
-            except (OSError, ValueError):  # BrokenPipe: the helper died; the next batch starts another
-                return False
-            return True
+    @staticmethod
+    def _put(helper: _Helper, payload: bytes) -> bool:
+        stdin = helper.proc.stdin
+        if stdin is None:
+            return False
+        try:
+            stdin.write(FRAME.pack(len(payload)) + payload)
+            stdin.flush()
+        except (OSError, ValueError):  # BrokenPipe: the helper died; the next batch starts another
+            return False
+        return True
 
     def send(self, batch: list[Record]) -> None:
-        if not self._frame(pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)):
+        payload = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+        with self._write:
+            helper = self._current()
+            sent = helper is not None and self._put(helper, payload)
+        if not sent:
             SPANS_EXPORTED.labels("failed").inc(len(batch))
 
     def flush(self, timeout_s: float) -> bool:
-        """True once the helper has exported everything sent before this call (or within `timeout_s`)."""
-        with self._answers:
-            target = self._flushed + 1
-        if not self._frame(b""):
-            return False
+        """True once the helper has exported everything sent before this call (False: not within `timeout_s`)."""
         deadline = time.monotonic() + timeout_s
+        if not self._write.acquire(timeout=timeout_s):  # a batch is stuck on its way to a helper that stopped reading
+            return False
+        try:
+            helper = self._current()
+            if helper is None or not self._put(helper, b""):
+                return False
+            helper.sent += 1
+            target = helper.sent
+        finally:
+            self._write.release()
         with self._answers:
-            while self._flushed < target:
+            while helper.answered < target:
                 left = deadline - time.monotonic()
-                proc = self._proc
-                if left <= 0 or proc is None or proc.poll() is not None:
+                if left <= 0 or not helper.alive:
                     return False
                 self._answers.wait(min(left, 0.5))
         return True
 
     def close(self, timeout_s: float) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()  # end of input: the helper exports what it holds and exits
+        """End the helper's input so it exports what it holds and exits; stop it if it takes over `timeout_s`."""
+        writable = self._write.acquire(timeout=timeout_s)
+        helper, self._helper = self._helper, None
         try:
-            proc.wait(timeout_s)
+            if helper is None:
+                return
+            if not writable:  # a write is stuck: the helper stopped reading
+                log.warning("the span export process stopped reading; stopped")
+                helper.proc.kill()
+            elif helper.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    helper.proc.stdin.close()
+        finally:
+            if writable:
+                self._write.release()
+        try:
+            helper.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("the span export process did not finish in %.0f s; stopped", timeout_s)
-            proc.kill()
-            proc.wait()
+            helper.proc.kill()
+            helper.proc.wait()
 
 
 class SpanQueue:

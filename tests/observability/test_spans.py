@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -279,20 +280,25 @@ def test_the_export_process_comes_back_after_it_dies_and_goes_away_with_the_queu
     tracer = FastTracer(1.0, queue.put)
     tracer.start_span("before").end()
     assert queue.force_flush(30)
-    helper = sender._proc
-    assert helper is not None and helper.poll() is None
-    os.kill(helper.pid, signal.SIGKILL)
-    helper.wait(10)
+    first = sender.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while sender.pid is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sender.pid is None
 
     span = tracer.start_span("after")  # the next batch finds the helper gone and starts another
     span.end()
     assert queue.force_flush(30)
     trace_id = f"{span.get_span_context().trace_id:032x}"
     assert any(s.trace_id == trace_id for s in receiver.spans)
-    replacement = sender._proc
-    assert replacement is not None and replacement.pid != helper.pid and replacement.poll() is None
+    second = sender.pid
+    assert second is not None and second != first
     queue.shutdown()
-    assert replacement.poll() is not None  # its stdin closed: it exported what it held and exited
+    assert sender.pid is None
+    with pytest.raises(ProcessLookupError):  # its stdin closed: it exported what it held and exited (and was reaped)
+        os.kill(second, 0)
 
 
 def test_the_export_process_exports_what_it_holds_when_its_stdin_closes(receiver: OtlpReceiver) -> None:
@@ -302,12 +308,37 @@ def test_the_export_process_exports_what_it_holds_when_its_stdin_closes(receiver
     span = tracer.start_span("orphaned")
     span.end()
     sender.send(records)
-    helper = sender._proc
-    assert helper is not None and helper.stdin is not None
-    helper.stdin.close()
-    assert helper.wait(30) == 0
+    helper = sender._helper
+    assert helper is not None and helper.proc.stdin is not None
+    helper.proc.stdin.close()
+    assert helper.proc.wait(30) == 0
     trace_id = f"{span.get_span_context().trace_id:032x}"
     assert receiver.wait_for(lambda: any(s.trace_id == trace_id for s in receiver.spans), timeout=10)
+
+
+def test_a_helper_that_stops_reading_never_holds_flush_or_shutdown(receiver: OtlpReceiver) -> None:
+    sender = ProcessSender(Endpoint(receiver.http_url, "http/protobuf"), SOURCE)
+    assert sender.flush(30)  # started and answering
+    pid = sender.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung: reads nothing more
+    tracer, records = recorded()
+    for i in range(3000):  # far more than a pipe holds: the write blocks
+        tracer.start_span(f"s{i}", attributes={"gateway.request_id": f"{i:064d}"}).end()
+    before = counter("gateway_telemetry_spans_exported_total", "failed")
+    writer = threading.Thread(target=sender.send, args=(records,), daemon=True)
+    writer.start()
+    time.sleep(0.3)
+    assert writer.is_alive()  # blocked on the full pipe
+    started = time.monotonic()
+    assert sender.flush(1.0) is False
+    sender.close(2.0)  # the stuck helper is stopped
+    assert time.monotonic() - started < 8
+    writer.join(10)
+    assert not writer.is_alive()
+    assert counter("gateway_telemetry_spans_exported_total", "failed") - before == len(records)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_a_dead_collector_counts_failures_through_the_process(monkeypatch: pytest.MonkeyPatch) -> None:

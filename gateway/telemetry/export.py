@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import pickle
 import struct
 import subprocess
@@ -48,6 +49,7 @@ SPANS_EXPORTED = metrics.counter(
 BATCH = 512
 EXPORT_TIMEOUT_S = 5.0
 RESTART_AFTER_S = 1.0  # a helper that died is started again at most this often
+SPEC_ENV = "GATEWAY_SPAN_EXPORT_SPEC"  # the helper's endpoint, protocol, resource and scope (JSON)
 FRAME = struct.Struct(">I")  # a batch's length before its pickle; 0: a flush marker
 _KINDS = {kind.value: kind for kind in SpanKind}
 _CODES = {code.value: code for code in StatusCode}
@@ -216,10 +218,11 @@ class ProcessSender:
             return None
         self._started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.telemetry.export_worker", self._spec],
+            proc = subprocess.Popen(  # the spec in its environment, not argv: `ps` shows argv to every user
+                [sys.executable, "-m", "gateway.telemetry.export_worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                env={**os.environ, SPEC_ENV: self._spec},
             )
         except OSError as exc:
             log.warning("span export process not started: %s", exc)

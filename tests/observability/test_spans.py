@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import context as otel_context
@@ -268,6 +269,10 @@ def test_spans_reach_a_real_collector(receiver: OtlpReceiver, sender_kind: str) 
     assert inner.attributes == {"gateway.plugin.name": "rules"}
     assert inner.resource["service.name"] == "spans-under-test" and inner.resource["service.version"] == "9.9"
     assert counter("gateway_telemetry_spans_exported_total", "ok") - before == 2
+    if isinstance(sender, ProcessSender):  # where to export is in its environment, not in argv (`ps` shows argv)
+        assert sender.pid is not None
+        argv = Path(f"/proc/{sender.pid}/cmdline").read_bytes().decode()
+        assert "gateway.telemetry.export_worker" in argv and str(receiver.http_port) not in argv
     queue.shutdown()
 
 

@@ -25,8 +25,9 @@ from opentelemetry import trace
 
 from gateway.policy import Telemetry as TelemetryConfig
 from gateway.telemetry import genai
-from gateway.telemetry.export import Endpoint, ProcessSender, Sender, Source, SpanQueue, ThreadSender, metric_exporter
+from gateway.telemetry.export import ProcessSender, Sender, SpanQueue, ThreadSender
 from gateway.telemetry.histograms import Histograms
+from gateway.telemetry.otlp import Endpoint, Source, metric_exporter
 from gateway.telemetry.request import RequestTrace, install_routing_provider
 from gateway.telemetry.spans import FastTracer
 

@@ -2,12 +2,12 @@
 
 Finished spans (`spans.Record` tuples) go into a bounded queue; one daemon thread hands them in batches
 to a sender. A full queue drops the span (counted). The default sender is a helper process
-(`python -m gateway.telemetry.export_worker`, one per loaded policy) that rebuilds the SDK's
-`ReadableSpan`s and runs the real OTLP exporter (HTTP/protobuf or gRPC): encoding a span to protobuf
-costs ~36 us, and done in the gateway's process it holds the GIL the event loop needs. Batches go to
-the helper pickled over its stdin; it answers one line per batch (`ok N` / `failed N`) and per flush
-marker (`flushed`). `export_process: false` keeps the exporter on the thread instead. Either way a
-failing or slow collector only delays export (failures counted); the event loop never waits on it.
+(`python -P gateway/telemetry/otlp.py`, one per loaded policy) that rebuilds the SDK's `ReadableSpan`s
+and runs the OpenTelemetry OTLP exporter (HTTP/protobuf or gRPC): encoding a span to protobuf costs
+~25 us, and done in the gateway's process it holds the GIL the event loop needs. Batches go to the
+helper pickled over its stdin; it answers one line per batch (`ok N` / `failed N`) and per flush marker
+(`flushed`). `export_process: false` keeps the exporter on the thread instead. Either way a failing or
+slow collector only delays export (failures counted); the event loop never waits on it.
 """
 
 from __future__ import annotations
@@ -18,23 +18,15 @@ import json
 import logging
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
-
-from opentelemetry.sdk.metrics.export import MetricExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from typing import Protocol
 
 from gateway import metrics
+from gateway.telemetry import otlp
+from gateway.telemetry.otlp import EXPORT_TIMEOUT_S, FRAME, SPEC_ENV, Endpoint, Source, export, span_exporter
 from gateway.telemetry.spans import Record
 
 log = logging.getLogger("gateway.telemetry")
@@ -46,100 +38,10 @@ SPANS_EXPORTED = metrics.counter(
     "gateway_telemetry_spans_exported_total", "Spans handed to the OTLP exporter, by result.", ("result",)
 )
 
+__all__ = ["BATCH", "Endpoint", "ProcessSender", "Sender", "Source", "SpanQueue", "ThreadSender", "span_exporter"]
+
 BATCH = 512
-EXPORT_TIMEOUT_S = 5.0
 RESTART_AFTER_S = 1.0  # a helper that died is started again at most this often
-SPEC_ENV = "GATEWAY_SPAN_EXPORT_SPEC"  # the helper's endpoint, protocol, resource and scope (JSON)
-FRAME = struct.Struct(">I")  # a batch's length before its pickle; 0: a flush marker
-_KINDS = {kind.value: kind for kind in SpanKind}
-_CODES = {code.value: code for code in StatusCode}
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where OTLP goes: a base URL and a protocol, resolved from the policy and OTEL_* variables."""
-
-    base_url: str
-    protocol: str  # "http/protobuf" | "grpc"
-
-    def signal_url(self, signal: str) -> str:
-        return f"{self.base_url.rstrip('/')}/v1/{signal}"
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """What every exported span says about where it came from: resource attributes and scope."""
-
-    resource: Mapping[str, str]
-    scope: tuple[str, str]  # name, version
-
-    def sdk(self) -> tuple[Resource, InstrumentationScope]:
-        return Resource.create(dict(self.resource)), InstrumentationScope(*self.scope)
-
-
-def span_exporter(endpoint: Endpoint) -> SpanExporter:
-    if endpoint.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-
-        return GrpcSpanExporter(
-            endpoint=endpoint.base_url, insecure=endpoint.base_url.startswith("http://"), timeout=EXPORT_TIMEOUT_S
-        )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-    return HttpSpanExporter(endpoint=endpoint.signal_url("traces"), timeout=EXPORT_TIMEOUT_S)
-
-
-def metric_exporter(endpoint: Endpoint) -> MetricExporter:
-    if endpoint.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
-
-        return GrpcMetricExporter(
-            endpoint=endpoint.base_url, insecure=endpoint.base_url.startswith("http://"), timeout=EXPORT_TIMEOUT_S
-        )
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-
-    return HttpMetricExporter(endpoint=endpoint.signal_url("metrics"), timeout=EXPORT_TIMEOUT_S)
-
-
-def _state(header: str) -> TraceState | None:
-    return TraceState.from_header([header]) if header else None
-
-
-def to_readable(records: Sequence[Record], resource: Resource, scope: InstrumentationScope) -> list[ReadableSpan]:
-    """Span records as the SDK's `ReadableSpan`s, for any SDK exporter."""
-    spans = []
-    for name, trace_id, span_id, state, parent, kind, start, end, attributes, events, links, status in records:
-        trace_state = _state(state)
-        spans.append(
-            ReadableSpan(
-                name,
-                SpanContext(trace_id, span_id, False, _SAMPLED, trace_state),
-                None if parent is None else SpanContext(trace_id, parent[0], parent[1], _SAMPLED, trace_state),
-                resource,
-                attributes,
-                [Event(n, a, t) for n, a, t in events or ()],
-                [
-                    Link(SpanContext(t, s, remote, TraceFlags(flags), _state(ts)), a)
-                    for t, s, flags, remote, ts, a in links or ()
-                ],
-                _KINDS[kind],
-                status=Status(_CODES[status[0]], status[1]),
-                start_time=start,
-                end_time=end,
-                instrumentation_scope=scope,
-            )
-        )
-    return spans
-
-
-def export(exporter: SpanExporter, records: Sequence[Record], resource: Resource, scope: InstrumentationScope) -> bool:
-    """One batch through the exporter; True when the collector took it."""
-    try:
-        return exporter.export(to_readable(records, resource, scope)) is SpanExportResult.SUCCESS
-    except Exception:  # an exporter must not kill its caller; the collector may come back
-        log.warning("span export raised", exc_info=True)
-        return False
 
 
 class Sender(Protocol):
@@ -219,7 +121,7 @@ class ProcessSender:
         self._started = time.monotonic()
         try:
             proc = subprocess.Popen(  # the spec in its environment, not argv: `ps` shows argv to every user
-                [sys.executable, "-m", "gateway.telemetry.export_worker"],
+                [sys.executable, "-P", otlp.__file__],  # -P: not otlp.py's folder first on sys.path
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env={**os.environ, SPEC_ENV: self._spec},
@@ -369,21 +271,3 @@ class SpanQueue:
         self._wake.set()
         self._thread.join(EXPORT_TIMEOUT_S * 2)
         self.sender.close(EXPORT_TIMEOUT_S * 2)
-
-
-def serve(spec: Mapping[str, Any], frames: IO[bytes], answers: IO[bytes]) -> None:
-    """The helper's loop: batches in, OTLP out, one answer line per batch or flush marker."""
-    exporter = span_exporter(Endpoint(spec["endpoint"], spec["protocol"]))
-    resource, scope = Source(spec["resource"], tuple(spec["scope"])).sdk()
-    try:
-        while head := frames.read(FRAME.size):
-            (size,) = FRAME.unpack(head)
-            if size == 0:
-                answers.write(b"flushed\n")
-            else:
-                batch = pickle.loads(frames.read(size))  # our own gateway's batches, over our own stdin
-                ok = export(exporter, batch, resource, scope)
-                answers.write(b"ok %d\n" % len(batch) if ok else b"failed %d\n" % len(batch))
-            answers.flush()
-    finally:
-        exporter.shutdown()

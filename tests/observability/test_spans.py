@@ -21,7 +21,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway import metrics
 from gateway.telemetry import export
-from gateway.telemetry.export import Endpoint, ProcessSender, Source, SpanQueue, ThreadSender, to_readable
+from gateway.telemetry.export import ProcessSender, SpanQueue, ThreadSender
+from gateway.telemetry.otlp import Endpoint, Source, to_readable
 from gateway.telemetry.request import trace_headers
 from gateway.telemetry.spans import LIMIT, FastSpan, FastTracer, Record
 from tests.fakes.otlp import OtlpReceiver
@@ -272,7 +273,7 @@ def test_spans_reach_a_real_collector(receiver: OtlpReceiver, sender_kind: str) 
     if isinstance(sender, ProcessSender):  # where to export is in its environment, not in argv (`ps` shows argv)
         assert sender.pid is not None
         argv = Path(f"/proc/{sender.pid}/cmdline").read_bytes().decode()
-        assert "gateway.telemetry.export_worker" in argv and str(receiver.http_port) not in argv
+        assert "gateway/telemetry/otlp.py" in argv and str(receiver.http_port) not in argv
     queue.shutdown()
 
 

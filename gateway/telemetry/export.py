@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import pickle
@@ -26,7 +25,16 @@ from typing import Protocol
 
 from gateway import metrics
 from gateway.telemetry import otlp
-from gateway.telemetry.otlp import EXPORT_TIMEOUT_S, FRAME, SPEC_ENV, Endpoint, Source, export, span_exporter
+from gateway.telemetry.otlp import (
+    EXPORT_TIMEOUT_S,
+    FRAME,
+    SPEC_ENV,
+    Endpoint,
+    Source,
+    export,
+    span_exporter,
+    write_spec,
+)
 from gateway.telemetry.spans import Record
 
 log = logging.getLogger("gateway.telemetry")
@@ -38,7 +46,7 @@ SPANS_EXPORTED = metrics.counter(
     "gateway_telemetry_spans_exported_total", "Spans handed to the OTLP exporter, by result.", ("result",)
 )
 
-__all__ = ["BATCH", "Endpoint", "ProcessSender", "Sender", "Source", "SpanQueue", "ThreadSender", "span_exporter"]
+__all__ = ["BATCH", "ProcessSender", "Sender", "SpanQueue", "ThreadSender"]
 
 BATCH = 512
 RESTART_AFTER_S = 1.0  # a helper that died is started again at most this often
@@ -89,14 +97,7 @@ class ProcessSender:
     """Hands batches to the export helper process; reads its results on a thread of its own."""
 
     def __init__(self, endpoint: Endpoint, source: Source) -> None:
-        self._spec = json.dumps(
-            {
-                "endpoint": endpoint.base_url,
-                "protocol": endpoint.protocol,
-                "resource": dict(source.resource),
-                "scope": list(source.scope),
-            }
-        )
+        self._spec = write_spec(endpoint, source)
         self._helper: _Helper | None = None
         self._started = 0.0
         self._write = threading.Lock()  # one writer at a time on the helper's stdin
@@ -229,12 +230,12 @@ class SpanQueue:
 
     def put(self, record: Record) -> None:
         """The tracer's sink: called by `FastSpan.end()` on the request path."""
-        queue = self._queue
-        if len(queue) >= self._max_queue:
-            SPANS_DROPPED.labels("shutdown" if self._stopping else "queue_full").inc()
-            return
         if self._stopping:
             SPANS_DROPPED.labels("shutdown").inc()
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            SPANS_DROPPED.labels("queue_full").inc()
             return
         queue.append(record)  # deque.append is atomic: no lock on the request path
         if len(queue) == BATCH:

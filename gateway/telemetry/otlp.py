@@ -64,6 +64,24 @@ class Source:
         return Resource.create(dict(self.resource)), InstrumentationScope(*self.scope)
 
 
+def write_spec(endpoint: Endpoint, source: Source) -> str:
+    """The helper's spec, as JSON for $GATEWAY_SPAN_EXPORT_SPEC (`read_spec` reads it back)."""
+    return json.dumps(
+        {
+            "endpoint": endpoint.base_url,
+            "protocol": endpoint.protocol,
+            "resource": dict(source.resource),
+            "scope": list(source.scope),
+        }
+    )
+
+
+def read_spec(text: str) -> tuple[Endpoint, Source]:
+    spec = json.loads(text)
+    name, version = spec["scope"]
+    return Endpoint(spec["endpoint"], spec["protocol"]), Source(spec["resource"], (name, version))
+
+
 def span_exporter(endpoint: Endpoint) -> SpanExporter:
     if endpoint.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -128,10 +146,10 @@ def export(exporter: SpanExporter, records: Records, resource: Resource, scope: 
         return False
 
 
-def serve(spec: Mapping[str, Any], frames: IO[bytes], answers: IO[bytes]) -> None:
+def serve(endpoint: Endpoint, source: Source, frames: IO[bytes], answers: IO[bytes]) -> None:
     """The helper's loop: batches in, OTLP out, one answer line per batch or flush marker."""
-    exporter = span_exporter(Endpoint(spec["endpoint"], spec["protocol"]))
-    resource, scope = Source(spec["resource"], tuple(spec["scope"])).sdk()
+    exporter = span_exporter(endpoint)
+    resource, scope = source.sdk()
     try:
         while head := frames.read(FRAME.size):
             (size,) = FRAME.unpack(head)
@@ -149,7 +167,7 @@ def serve(spec: Mapping[str, Any], frames: IO[bytes], answers: IO[bytes]) -> Non
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the gateway, which then closes our stdin
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s otlp-export: %(message)s")
-    serve(json.loads(os.environ[SPEC_ENV]), sys.stdin.buffer, sys.stdout.buffer)
+    serve(*read_spec(os.environ[SPEC_ENV]), sys.stdin.buffer, sys.stdout.buffer)
 
 
 if __name__ == "__main__":

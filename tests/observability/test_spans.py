@@ -18,8 +18,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import REGISTRY
 
-from gateway import metrics
 from gateway.telemetry import export
 from gateway.telemetry.export import ProcessSender, SpanQueue, ThreadSender
 from gateway.telemetry.otlp import Endpoint, Source, to_readable
@@ -54,11 +54,8 @@ def exported(records: list[Record]) -> list[tuple[str, str]]:
 
 
 def counter(name: str, label: str) -> float:
-    for family in metrics.REGISTRY.collect():
-        for sample in family.samples:
-            if sample.name == name and sample.labels.get("result", sample.labels.get("reason")) == label:
-                return float(sample.value)
-    return 0.0
+    key = "result" if name == "gateway_telemetry_spans_exported_total" else "reason"
+    return REGISTRY.get_sample_value(name, {key: label}) or 0.0
 
 
 # --- sampling: the SDK's default sampler, decided the same way ----------------------------------

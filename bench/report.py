@@ -204,7 +204,7 @@ per-key limits (in memory, each worker counts alone). Each worker serves its own
 {litellm_text}
 
 {notes}
-## Upstream HTTP client (why aiohttp)
+## Upstream HTTP client (why the gateway has its own)
 
 The same 64 parallel request loops against nginx, in one Python process (uvloop), per client library:
 
@@ -212,6 +212,8 @@ The same 64 parallel request loops against nginx, in one Python process (uvloop)
 | --- | --- | --- |
 {client_rows}
 
-The gateway's transports use aiohttp directly (`gateway/upstream/base.py`).
+The gateway's transports use its own client (`gateway/upstream/h1.py`: asyncio protocols around httptools'
+parser), written after the stream benchmark showed aiohttp's client costing about a third of a millisecond of
+each stream's time to first token (bench/optimisations.md, section 7).
 
 {sections}"""

@@ -1,4 +1,4 @@
-"""Which HTTP client should the gateway use upstream? Same load, same upstream, three clients.
+"""Which HTTP client should the gateway use upstream? Same load, same upstream, four clients.
 
 Each client sends `concurrency` parallel request loops to a fixed-answer upstream for `seconds`;
 the figure is completed requests per second in one Python process (what a gateway worker pays).
@@ -63,7 +63,35 @@ async def httpx_aiohttp_client(url: str, concurrency: int, seconds: float) -> fl
         return await _drive(send, concurrency, seconds)
 
 
-CLIENTS = {"aiohttp": aiohttp_client, "httpx": httpx_client, "httpx + aiohttp transport": httpx_aiohttp_client}
+async def gateway_client(url: str, concurrency: int, seconds: float) -> float:
+    """The gateway's own client (`gateway/upstream/h1.py`), as its transports call it."""
+    from urllib.parse import urlsplit
+
+    from gateway.upstream.base import read_json
+    from gateway.upstream.h1 import Pool
+
+    parts = urlsplit(url)
+    pool = Pool(f"{parts.scheme}://{parts.netloc}", 256)
+
+    async def send() -> None:
+        resp = await pool.request(
+            parts.path, BODY, HEADERS, connect_s=5, total_s=60, first_byte_s=60, idle_s=60, stream=False
+        )
+        await read_json(resp, "bench")
+        resp.release()
+
+    try:
+        return await _drive(send, concurrency, seconds)
+    finally:
+        await pool.close()
+
+
+CLIENTS = {
+    "gateway (h1)": gateway_client,
+    "aiohttp": aiohttp_client,
+    "httpx": httpx_client,
+    "httpx + aiohttp transport": httpx_aiohttp_client,
+}
 
 
 def compare(url: str, concurrency: int = 64, seconds: float = 5.0) -> dict[str, float]:

@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from gateway.errors import BadUpstreamResponse, InvalidRequest
@@ -26,12 +25,13 @@ from gateway.upstream.anthropic_translate import (
 from gateway.upstream.base import (
     StreamBroken,
     UpstreamCall,
-    make_session,
+    make_pool,
     post,
     raise_for_status,
     read_json,
     upstream_errors,
 )
+from gateway.upstream.h1 import Pool, Response
 from gateway.upstream.sse import SSEDecodeError, SSEDecoder
 
 
@@ -43,7 +43,8 @@ class AnthropicTransport:
     def __init__(self, config: AnthropicBackend) -> None:
         self.config = config
         self.backend = config.name
-        self._url = config.base_url.rstrip("/").removesuffix("/v1") + "/v1/messages"
+        self._base = config.base_url.rstrip("/").removesuffix("/v1")
+        self._path = "/v1/messages"
         self._headers = {
             "content-type": "application/json",
             "anthropic-version": config.anthropic_version,
@@ -51,17 +52,17 @@ class AnthropicTransport:
         }
         if config.api_key is not None:
             self._headers["x-api-key"] = config.api_key.get_secret_value()
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
-        self._session = make_session(self.config.max_connections)
+        self._pool = make_pool(self._base, self.config.max_connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
-    async def _send(self, call: UpstreamCall, stream: bool) -> aiohttp.ClientResponse:
-        assert self._session is not None, "transport used before start()"
+    async def _send(self, call: UpstreamCall, stream: bool) -> Response:
+        assert self._pool is not None, "transport used before start()"
         if call.endpoint != "chat":
             raise InvalidRequest(
                 f"backend {self.backend!r} is an Anthropic backend, which only serves chat completions"
@@ -75,7 +76,7 @@ class AnthropicTransport:
         body["stream"] = stream
         headers = {**self._headers, **call.headers}
         resp = await post(
-            self._session, self._url, msgspec.json.encode(body), headers, self.config.timeouts, stream=stream
+            self._pool, self._path, msgspec.json.encode(body), headers, self.config.timeouts, stream=stream
         )
         await raise_for_status(resp, self.backend, summarise=_summarise)
         return resp
@@ -84,7 +85,7 @@ class AnthropicTransport:
         with upstream_errors(self.backend, self.config.timeouts):
             resp = await self._send(call, stream=False)
             try:
-                answer = await read_json(resp, self.backend, self.config.timeouts)
+                answer = await read_json(resp, self.backend)
             finally:
                 resp.release()
         if not isinstance(answer, dict) or not isinstance(answer.get("content"), list):
@@ -110,7 +111,7 @@ class AnthropicTransport:
 class AnthropicStream:
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         transport: AnthropicTransport,
         translator: AnthropicStreamTranslator,
     ) -> None:
@@ -127,7 +128,7 @@ class AnthropicStream:
         try:
             with upstream_errors(backend, timeouts):
                 while not self._translator.finished:
-                    raw = await self._resp.content.readany()  # idle_s: aiohttp's read timeout (base.post)
+                    raw = await self._resp.readany()  # within idle_s (base.post)
                     if not raw:
                         break
                     for event in decoder.feed(raw):

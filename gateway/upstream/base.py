@@ -6,9 +6,10 @@ A transport turns an OpenAI-shaped call into whatever its backend speaks and bac
     open_stream(call) -> UpstreamStream    status checked; iterate chunk dicts, then aclose()
     close()
 
-aiohttp is the client: on this machine it holds ~7k req/s through a proxy where httpx's own pool
-collapses under concurrency (see docs/benchmarks.md). Its exceptions are converted to the
-gateway's errors in one place, `upstream_errors`, which also wraps stream iteration.
+Backends are called through `gateway.upstream.h1` (asyncio protocols around httptools' parser): aiohttp's
+client, used before, cost a third of a millisecond of every stream's time to first token (docs/benchmarks.md).
+Failures are converted to the gateway's errors in one place, `upstream_errors`, which also wraps stream
+iteration. aiohttp's client stays for what is not on a request's path (`make_session`: vLLM metrics scrapes).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gateway.errors import (
 )
 from gateway.plugin import Endpoint
 from gateway.policy import Timeouts
+from gateway.upstream.h1 import ConnectFailed, Disconnected, H1Error, InvalidResponse, Pool, Response
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
@@ -83,7 +85,7 @@ class Transport(Protocol):
 
 
 class upstream_errors:
-    """Convert aiohttp / socket / decoding failures into the gateway's error types (`with upstream_errors(...)`).
+    """Convert h1 / socket / decoding failures into the gateway's error types (`with upstream_errors(...)`).
 
     A class rather than a @contextmanager generator: it is entered twice per upstream call, on a stream's
     first-token path among others, and this way costs two Python calls instead of five or six.
@@ -104,28 +106,25 @@ class upstream_errors:
         backend, timeouts = self.backend, self.timeouts
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(
-                f"backend {backend!r} did not answer in time (first byte {timeouts.first_byte_s:g}s, "
-                f"idle {timeouts.idle_s:g}s, total {timeouts.total_s:g}s)"
+                f"backend {backend!r} did not answer in time (connect {timeouts.connect_s:g}s, first byte "
+                f"{timeouts.first_byte_s:g}s, idle {timeouts.idle_s:g}s, total {timeouts.total_s:g}s)"
             ) from None
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise UpstreamUnavailable(f"backend {backend!r} is unreachable ({_reason(exc)})") from None
-        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError)):
+        if isinstance(exc, ConnectFailed):
+            raise UpstreamUnavailable(f"backend {backend!r} is unreachable ({exc.message})") from None
+        if isinstance(exc, (Disconnected, ConnectionResetError)):
             raise BadUpstreamResponse(f"backend {backend!r} closed the connection mid-response") from None
-        if isinstance(exc, aiohttp.ClientResponseError):
+        if isinstance(exc, InvalidResponse):
             raise BadUpstreamResponse(f"backend {backend!r} sent an invalid HTTP response ({exc.message})") from None
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
-            raise UpstreamUnavailable(f"backend {backend!r} failed: {_reason(exc)}") from None
+        if isinstance(exc, H1Error):
+            raise UpstreamUnavailable(f"backend {backend!r} failed: {exc.message}") from None
+        if isinstance(exc, OSError):
+            raise UpstreamUnavailable(f"backend {backend!r} failed: {exc.strerror or type(exc).__name__}") from None
         if isinstance(exc, (msgspec.DecodeError, UnicodeDecodeError)):
             raise BadUpstreamResponse(f"backend {backend!r} sent a response that is not valid JSON") from None
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or type(exc.os_error).__name__
-    return str(exc) or type(exc).__name__
-
-
 def make_session(max_connections: int) -> aiohttp.ClientSession:
+    """An aiohttp session for calls off the request path (vLLM metrics scrapes)."""
     connector = aiohttp.TCPConnector(
         limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300, keepalive_timeout=30
     )
@@ -142,47 +141,34 @@ def make_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
-def request_timeout(timeouts: Timeouts, *, stream: bool = False) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for one call; a stream's also reads the socket within first_byte_s (see `post`)."""
-    return aiohttp.ClientTimeout(
-        total=timeouts.total_s,
-        connect=timeouts.connect_s,
-        sock_connect=timeouts.connect_s,
-        sock_read=timeouts.first_byte_s if stream else None,
-    )
+def make_pool(base_url: str, max_connections: int) -> Pool:
+    """The connection pool a transport calls its backend through."""
+    return Pool(base_url, max_connections)
 
 
 async def post(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    headers: Mapping[str, str],
-    timeouts: Timeouts,
-    *,
-    stream: bool,
-) -> aiohttp.ClientResponse:
+    pool: Pool, path: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts, *, stream: bool
+) -> Response:
     """Send and wait for the status line and headers.
 
     A stream's headers come when generation starts, so first_byte_s bounds its time to first token; once
-    they are in, the same socket read timeout (aiohttp's `sock_read`, restarted by every read that brings
-    data) becomes idle_s, the longest silence between two chunks. One timer in aiohttp's protocol, where an
-    `asyncio.timeout` around each read cost a Python context manager per chunk. A whole answer's headers
-    come when generation ends, so only total_s bounds it (and idle_s its body, in `read_json`).
+    they are in, idle_s bounds each silence between two chunks. A whole answer's headers come when
+    generation ends, so only total_s bounds them, and idle_s its body. total_s bounds the whole call.
     """
-    if not stream:  # aiohttp's own total timeout (request_timeout) already bounds it
-        return await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts))
-    resp = await session.post(url, data=body, headers=headers, timeout=request_timeout(timeouts, stream=True))
-    connection = resp.connection  # None when the whole body came with the headers: nothing left to wait for
-    protocol = connection.protocol if connection is not None else None
-    if protocol is not None:
-        protocol.read_timeout = timeouts.idle_s
-        protocol.start_timeout()
-    return resp
+    return await pool.request(
+        path,
+        body,
+        headers,
+        connect_s=timeouts.connect_s,
+        total_s=timeouts.total_s,
+        first_byte_s=timeouts.first_byte_s,
+        idle_s=timeouts.idle_s,
+        stream=stream,
+    )
 
 
-async def read_json(resp: aiohttp.ClientResponse, backend: str, timeouts: Timeouts) -> Any:
-    async with asyncio.timeout(timeouts.idle_s):
-        raw = await _read_limited(resp, MAX_RESPONSE_BODY)
+async def read_json(resp: Response, backend: str) -> Any:
+    raw = await _read_limited(resp, MAX_RESPONSE_BODY)
     if raw is None:
         raise BadUpstreamResponse(f"backend {backend!r} sent a response over {MAX_RESPONSE_BODY} bytes")
     try:
@@ -192,22 +178,20 @@ async def read_json(resp: aiohttp.ClientResponse, backend: str, timeouts: Timeou
         raise BadUpstreamResponse(f"backend {backend!r} sent a response that is not valid JSON ({kind})") from None
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+async def _read_limited(resp: Response, limit: int) -> bytes | None:
     if resp.content_length is not None and resp.content_length > limit:
         return None
     parts: list[bytes] = []
     size = 0
-    async for part in resp.content.iter_any():
+    while part := await resp.readany():
         size += len(part)
         if size > limit:
             return None
         parts.append(part)
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def raise_for_status(
-    resp: aiohttp.ClientResponse, backend: str, summarise: Any = summarise_upstream_error
-) -> None:
+async def raise_for_status(resp: Response, backend: str, summarise: Any = summarise_upstream_error) -> None:
     """Turn an upstream error status into the error the client should see."""
     status = resp.status
     if status < 400:
@@ -216,10 +200,10 @@ async def raise_for_status(
         async with asyncio.timeout(5):
             raw = await _read_limited(resp, MAX_ERROR_BODY) or b""
         body: Any = msgspec.json.decode(raw) if raw else None
-    except (msgspec.DecodeError, TimeoutError, aiohttp.ClientError):
+    except (msgspec.DecodeError, TimeoutError, H1Error):
         body = None
     finally:
-        resp.release()
+        resp.release()  # reused if the whole error body was read
     detail = summarise(body)
     if status == 429:
         headers = {"retry-after": resp.headers["retry-after"]} if "retry-after" in resp.headers else {}

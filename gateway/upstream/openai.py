@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from gateway.errors import BadUpstreamResponse
@@ -14,12 +13,13 @@ from gateway.policy import OpenAIBackend, VLLMBackend
 from gateway.upstream.base import (
     StreamBroken,
     UpstreamCall,
-    make_session,
+    make_pool,
     post,
     raise_for_status,
     read_json,
     upstream_errors,
 )
+from gateway.upstream.h1 import H1Error, Pool, Response
 from gateway.upstream.sse import SSEDecodeError, SSEDecoder
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -30,25 +30,23 @@ class OpenAITransport:
     def __init__(self, config: OpenAIBackend | VLLMBackend) -> None:
         self.config = config
         self.backend = config.name
-        self._base = config.base_url.rstrip("/")
         self._headers = {"content-type": "application/json", **config.headers}
         if config.api_key is not None:
             self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
-        self._session = make_session(self.config.max_connections)
+        self._pool = make_pool(self.config.base_url, self.config.max_connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
-    async def _send(self, call: UpstreamCall, *, stream: bool) -> aiohttp.ClientResponse:
-        assert self._session is not None, "transport used before start()"
+    async def _send(self, call: UpstreamCall, *, stream: bool) -> Response:
+        assert self._pool is not None, "transport used before start()"
         headers = {**self._headers, **call.headers} if call.headers else self._headers
         body = msgspec.json.encode(call.body)
-        url = self._base + PATHS[call.endpoint]
-        resp = await post(self._session, url, body, headers, self.config.timeouts, stream=stream)
+        resp = await post(self._pool, PATHS[call.endpoint], body, headers, self.config.timeouts, stream=stream)
         await raise_for_status(resp, self.backend)
         return resp
 
@@ -56,7 +54,7 @@ class OpenAITransport:
         with upstream_errors(self.backend, self.config.timeouts):
             resp = await self._send(call, stream=False)
             try:
-                answer = await read_json(resp, self.backend, self.config.timeouts)
+                answer = await read_json(resp, self.backend)
             finally:
                 resp.release()
         if not isinstance(answer, dict) or not isinstance(answer.get(EXPECTED_KEY[call.endpoint]), list):
@@ -78,7 +76,7 @@ class OpenAITransport:
 class OpenAIStream:
     """Chunks of an OpenAI SSE stream; raises StreamBroken unless it ends with [DONE]."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, backend: str, config: OpenAIBackend | VLLMBackend) -> None:
+    def __init__(self, resp: Response, backend: str, config: OpenAIBackend | VLLMBackend) -> None:
         self._resp = resp
         self._backend = backend
         self._timeouts = config.timeouts
@@ -89,11 +87,11 @@ class OpenAIStream:
 
     async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         decoder = SSEDecoder()
-        reader = self._resp.content
+        resp = self._resp
         try:
             with upstream_errors(self._backend, self._timeouts):
                 while True:
-                    raw = await reader.readany()  # idle_s: aiohttp's read timeout (base.post)
+                    raw = await resp.readany()  # within idle_s (base.post)
                     if not raw:
                         break
                     for event in decoder.feed(raw):
@@ -127,20 +125,21 @@ DRAIN_TIMEOUT_S = 0.05
 DRAIN_MAX_BYTES = 4096
 
 
-async def _body_ended(resp: aiohttp.ClientResponse) -> bool:
+async def _body_ended(resp: Response) -> bool:
     """After [DONE] only the end of the body should follow (usually already read): wait for it briefly."""
-    reader = resp.content
+    if resp.at_eof():
+        return True
     left = DRAIN_MAX_BYTES
     try:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            while left > 0 and not reader.at_eof():
-                part = await reader.readany()
+            while left > 0 and not resp.at_eof():
+                part = await resp.readany()
                 if not part:
                     break
                 left -= len(part)
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except (TimeoutError, H1Error, OSError):
         return False
-    return reader.at_eof()
+    return resp.at_eof()
 
 
 def _chunk(data: str, backend: str) -> dict[str, Any]:

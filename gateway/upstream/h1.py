@@ -29,9 +29,10 @@ import asyncio
 import os
 import socket
 import ssl
+import weakref
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -78,6 +79,7 @@ class Response:
     """
 
     __slots__ = (
+        "__weakref__",
         "_buffer",
         "_conn",
         "_decoder",
@@ -101,6 +103,7 @@ class Response:
     )
 
     def __init__(self, conn: Connection, deadline: float, idle_s: float | None) -> None:
+        self._done = False  # released or closed (first: the finaliser reads it)
         self.status = 0
         self.headers: dict[str, str] = {}  # names lower-cased; a repeated header's values joined with ", "
         self.content_length: int | None = None
@@ -120,7 +123,6 @@ class Response:
         self._until_close = False
         self._decoder: zlib._Decompress | None = None
         self._skip = False  # inside an interim (1xx) response
-        self._done = False  # released or closed
 
     # --- the caller's side ---
 
@@ -176,6 +178,11 @@ class Response:
             conn.pool._put_back(conn)
         else:
             conn.close()
+
+    def __del__(self) -> None:
+        if not self._done:  # dropped without release() or close(): nobody will read the rest
+            self._done = True
+            self._conn.close()
 
     def close(self) -> None:
         """Done with it, and the connection is closed whatever state the body is in."""
@@ -268,6 +275,10 @@ class Response:
         self._fail(Disconnected("the server closed the connection mid-response"))
 
 
+def _nobody() -> None:
+    return None
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; its parser feeds the response in flight (`response`)."""
 
@@ -276,11 +287,21 @@ class Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.response: Response | None = None
+        self._response: Callable[[], Response | None] = _nobody  # a weak reference to the response in flight
         self.lost = False
         self.broken = False  # the server sent a response nobody asked for: never reused
         self.counted = False  # on the pool's count of open connections (set once `Pool._connect` returns it)
         self.idle_since = 0.0
+
+    @property
+    def response(self) -> Response | None:
+        """The response in flight, held weakly: one its caller dropped unreleased is collected, and its
+        finaliser closes the connection, so a forgotten response cannot hold a pool slot forever."""
+        return self._response()
+
+    @response.setter
+    def response(self, response: Response | None) -> None:
+        self._response = _nobody if response is None else weakref.ref(response)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's

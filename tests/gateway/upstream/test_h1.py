@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import gzip
 import os
 import socket
@@ -354,6 +355,23 @@ async def test_closed_response_closes_the_connection(net: Harness) -> None:
     resp.release()  # after close: nothing more happens
     assert await gone(server.peers[0])
     assert await fetch(pool) == (200, b"whole")
+    assert len(server.peers) == 2
+
+
+async def test_a_response_dropped_unreleased_frees_its_connection(net: Harness) -> None:
+    # A caller that loses its response without release() or close() (a code path that forgot it) must not
+    # hold a pool slot forever: once the response is collected, its connection closes and the slot is free.
+    async def script(peer: Peer) -> None:
+        await answering(CHUNKED_HEAD + chunk(b"unfinished") if peer.index == 0 else ok(b"next"))(peer)
+
+    server = await net.serve(script)
+    pool = net.pool(server.url, max_connections=1)
+    resp = await request(pool)
+    assert await resp.readany() == b"unfinished"
+    del resp
+    gc.collect()
+    assert await gone(server.peers[0])
+    assert await fetch(pool, connect_s=0.5) == (200, b"next")
     assert len(server.peers) == 2
 
 

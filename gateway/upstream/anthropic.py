@@ -25,7 +25,6 @@ from gateway.upstream.anthropic_translate import (
 from gateway.upstream.base import (
     StreamBroken,
     UpstreamCall,
-    make_pool,
     post,
     raise_for_status,
     read_json,
@@ -55,7 +54,7 @@ class AnthropicTransport:
         self._pool: Pool | None = None
 
     async def start(self) -> None:
-        self._pool = make_pool(self._base, self.config.max_connections)
+        self._pool = Pool(self._base, self.config.max_connections)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -141,11 +141,6 @@ def make_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
-def make_pool(base_url: str, max_connections: int) -> Pool:
-    """The connection pool a transport calls its backend through."""
-    return Pool(base_url, max_connections)
-
-
 async def post(
     pool: Pool, path: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts, *, stream: bool
 ) -> Response:

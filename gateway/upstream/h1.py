@@ -323,8 +323,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.response is not None:
-            self.response._on_lost(exc)
+        if (response := self.response) is not None:
+            response._on_lost(exc)
         self.pool._lost(self)
 
     # httptools' callbacks
@@ -335,20 +335,20 @@ class Connection(asyncio.Protocol):
             raise InvalidResponse("the server sent a response that was not asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            self.response._raw_headers.append((name, value))
+        if (response := self.response) is not None:
+            response._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.response is not None:
-            self.response._on_headers(self.parser.get_status_code())
+        if (response := self.response) is not None:
+            response._on_headers(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        if self.response is not None:
-            self.response._on_body(body)
+        if (response := self.response) is not None:
+            response._on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.response is not None:
-            self.response._on_complete(self.parser.should_keep_alive())
+        if (response := self.response) is not None:
+            response._on_complete(self.parser.should_keep_alive())
 
     # flow control of what is read
     def pause_reading(self) -> None:
@@ -438,9 +438,7 @@ class Pool:
         response = Response(conn, deadline, idle_s if stream else None)
         conn.response = response
         assert conn.transport is not None
-        conn.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            conn.transport.write(body)
+        conn.transport.writelines((head, body))  # one vectored write, the body not copied into the head
         try:
             await response._wait_headers(min(deadline, loop.time() + first_byte_s) if stream else deadline)
         except BaseException:

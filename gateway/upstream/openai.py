@@ -13,7 +13,6 @@ from gateway.policy import OpenAIBackend, VLLMBackend
 from gateway.upstream.base import (
     StreamBroken,
     UpstreamCall,
-    make_pool,
     post,
     raise_for_status,
     read_json,
@@ -36,7 +35,7 @@ class OpenAITransport:
         self._pool: Pool | None = None
 
     async def start(self) -> None:
-        self._pool = make_pool(self.config.base_url, self.config.max_connections)
+        self._pool = Pool(self.config.base_url, self.config.max_connections)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -187,6 +187,17 @@ def answering(*responses: bytes) -> Script:
     return script
 
 
+def answering_then_closing(data: bytes) -> Script:
+    """A server that answers its first request with `data` and closes the connection (FIN) at once."""
+
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(data)
+        await peer.close()
+
+    return script
+
+
 async def request(
     pool: Pool,
     path: str = "/v1/chat",
@@ -534,12 +545,7 @@ async def test_whole_answer_body_slower_than_idle_s_in_all(net: Harness) -> None
 
 
 async def test_server_closes_before_headers(net: Harness) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-")
-        await peer.close()
-
-    server = await net.serve(script)
+    server = await net.serve(answering_then_closing(b"HTTP/1.1 200 OK\r\ncontent-"))
     with pytest.raises(Disconnected):
         await request(net.pool(server.url))
 
@@ -563,12 +569,7 @@ async def test_server_resets_mid_chunked_body(net: Harness) -> None:
 
 
 async def test_server_closes_mid_chunked_body(net: Harness) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(CHUNKED_HEAD + chunk(b"one") + chunk(b"two"))
-        await peer.close()  # FIN right after: no last chunk
-
-    server = await net.serve(script)
+    server = await net.serve(answering_then_closing(CHUNKED_HEAD + chunk(b"one") + chunk(b"two")))  # no last chunk
     resp = await request(net.pool(server.url))
     received = b""
     with pytest.raises(Disconnected):
@@ -579,12 +580,7 @@ async def test_server_closes_mid_chunked_body(net: Harness) -> None:
 
 
 async def test_content_length_body_cut_short(net: Harness) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
-        await peer.close()
-
-    server = await net.serve(script)
+    server = await net.serve(answering_then_closing(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"))
     resp = await request(net.pool(server.url))
     assert resp.content_length == 100
     with pytest.raises(Disconnected):

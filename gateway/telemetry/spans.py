@@ -3,8 +3,8 @@
 The SDK's `Span` builds bounded attribute maps with locks, event and link lists and a resource
 reference for every span, and hands a `ReadableSpan` to its processors: about 25-40 us per span on
 this path, and a sampled gateway request makes seven. Here a span is a slotted object whose `end()`
-appends one tuple (`Record`) to the export queue. The exporter side (`records.to_readable`) turns
-records back into the SDK's `ReadableSpan`s for the real OTLP exporters, off the request path.
+appends one tuple (`Record`) to the export queue. The exporter side (`otlp.SpanExport`, off the request
+path) writes records as OTLP/protobuf, or turns them back into the SDK's `ReadableSpan`s for its gRPC exporter.
 
 Sampling is the SDK's default, `ParentBased(TraceIdRatioBased(ratio))`, done inline: a parent's
 sampled flag decides; a new trace is sampled when the low 64 bits of its id fall under the ratio's

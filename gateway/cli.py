@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
+from gateway import logs
 from gateway.loader import PolicyError, load_file
 from gateway.requestlog import cli as logs_cli
 from gateway.startup_signals import remember_reloads_while_starting
@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     level = (args.log_level or loaded.policy.telemetry.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    logs.configure(level)
 
     import uvicorn
 

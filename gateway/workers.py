@@ -24,6 +24,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from gateway import logs
 from gateway.http_coalesce import CoalescingHttpToolsProtocol
 from gateway.startup_signals import remember_reloads_while_starting
 
@@ -67,7 +68,7 @@ def _worker(config: str, host: str, port: int, level: str) -> None:
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only, which stops the workers once
     remember_reloads_while_starting()  # until the app's own handler is in place
     _die_with_parent()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    logs.configure(level)
     import uvicorn
 
     from gateway.loader import PolicyError, load_file

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -242,6 +244,28 @@ def test_gateway_serve_uses_the_guarded_protocol(upstream: FakeUpstream, tmp_pat
         data = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
         assert raw_request(port, data).startswith(b"HTTP/1.1 431 ")
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+
+
+def test_the_access_log_is_one_timestamped_json_line_per_request(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with _serve(tmp_path, standard_policy(upstream.url), {}) as (port, log):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=CLIENT_KEY, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="echo", messages=[{"role": "user", "content": "log me"}]
+        )
+        request_id = raw.headers["x-request-id"]
+        deadline = time.monotonic() + 10
+        while request_id not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [line for line in log.read_text().splitlines() if " gateway.access " in line]
+    assert len(lines) == 1, log.read_text()
+    found = re.fullmatch(r"(\S+ \S+) (\S+) (\S+) (\{.*\})", lines[0])
+    assert found is not None, lines[0]
+    stamp, level, name, record = found.groups()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", stamp), stamp
+    assert (level, name) == ("INFO", "gateway.access")
+    fields = json.loads(record)
+    assert fields["request_id"] == request_id and fields["status"] == 200 and fields["model"] == "echo"
+    assert CLIENT_KEY not in lines[0] and "log me" not in lines[0]
 
 
 # --- the secrets sweep -------------------------------------------------------------------------------------

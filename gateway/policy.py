@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from gateway.requestlog.config import RequestLogConfig
 from gateway.vllm_launch import VLLMLaunch
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+# Headers the upstream client writes itself, for framing and the connection: one given here would be sent
+# twice or contradict the body's framing (a request smuggling shape).
+_OWN_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "upgrade", "te"}
+    | {"trailer", "expect", "accept-encoding"}
+)
 
 
 class StrictModel(BaseModel):
@@ -41,12 +50,43 @@ class _BackendBase(StrictModel):
     )
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(256, ge=1, description="Connection pool size for this backend.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent on every call.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers sent on every call. Names are HTTP tokens (kept lower-cased); values hold no "
+        "line break; framing and connection headers (host, content-length, transfer-encoding, connection, ...) "
+        "are the gateway's own.",
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()  # a key read from a file ($(cat key)) often ends in a newline
         return None if value == "" else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and any(c in value.get_secret_value() for c in "\r\n\0"):
+            raise ValueError("the key holds a line break or NUL and cannot be sent in a header")  # never the key
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name!r}: the value holds a line break or NUL and cannot be sent")
+            lower = name.lower()
+            if lower in _OWN_HEADERS:
+                raise ValueError(f"header {name!r} is set by the gateway itself (framing and connection)")
+            if lower in found:
+                raise ValueError(f"header {name!r} is given twice (header names ignore case)")
+            found[lower] = text
+        return found
 
 
 class OpenAIBackend(_BackendBase):

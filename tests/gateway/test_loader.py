@@ -100,7 +100,7 @@ def test_full_valid_policy_loads_with_every_section() -> None:
     )
     assert openai.api_key is not None and openai.api_key.get_secret_value() == SECRET
     assert openai.max_connections == 16
-    assert openai.headers == {"OpenAI-Organization": "org-1"}
+    assert openai.headers == {"openai-organization": "org-1"}  # header names ignore case: kept lower-cased
     assert openai.timeouts.connect_s == 5.0  # the default
     assert claude.api_key is not None and claude.api_key.get_secret_value() == "sk-ant-1"
     assert claude.base_url == "https://api.anthropic.com"
@@ -368,6 +368,52 @@ def test_api_key_is_not_shown_by_the_loaded_policy_repr() -> None:
     loaded = load_text(FULL_POLICY, env=FULL_ENV)
     assert SECRET not in repr(loaded)
     assert SECRET not in str(loaded.policy)
+
+
+# ----------------------------------------------------------------------------- backend headers and keys
+
+
+def _headers(value: str) -> str:
+    return f"backends: [{{name: a, type: openai, base_url: 'http://x/v1', headers: {value}}}]\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{X-Org: "acme\\r\\nX-Injected: 1"}', "header 'X-Org': the value holds a line break or NUL"),
+        ('{X-Org: "a\\u0000b"}', "header 'X-Org': the value holds a line break or NUL"),
+        ("{'bad name': x}", "'bad name' is not an HTTP header name"),
+        ("{'X-Org:': x}", "'X-Org:' is not an HTTP header name"),
+        ("{'': x}", "'' is not an HTTP header name"),
+        ("{Content-Length: '5'}", "header 'Content-Length' is set by the gateway itself"),
+        ("{transfer-encoding: chunked}", "header 'transfer-encoding' is set by the gateway itself"),
+        ("{Host: evil}", "header 'Host' is set by the gateway itself"),
+        ("{X-A: '1', x-a: '2'}", "header 'x-a' is given twice (header names ignore case)"),
+    ],
+)
+def test_headers_that_cannot_be_sent_are_refused_at_load(value: str, expected: str) -> None:
+    problem = one_problem(_headers(value))
+    assert problem.startswith("backends[0].headers: ") and expected in problem, problem
+
+
+def test_header_names_are_kept_lower_cased_and_values_as_given() -> None:
+    loaded = load_text(_headers("{X-Org: acme, api-key: 'k ey', Content-Type: 'application/json; x=1'}"), env={})
+    assert loaded.policy.backends[0].headers == {
+        "x-org": "acme",
+        "api-key": "k ey",
+        "content-type": "application/json; x=1",
+    }
+
+
+def test_a_key_read_with_its_newline_is_trimmed_and_one_with_an_inner_line_break_refused() -> None:
+    assert _api_key(load_text(_backend_with("${KEY}"), env={"KEY": "  sk-abc\n"})) == "sk-abc"
+    problem = one_problem(_backend_with("${KEY}"), env={"KEY": SECRET + "\nX-Injected: 1"})
+    assert problem == "backends[0].api_key: the key holds a line break or NUL and cannot be sent in a header"
+
+
+def test_a_header_value_from_the_env_never_appears_in_its_error() -> None:
+    problem = one_problem(_headers("{api-key: '${AZURE_KEY}'}"), env={"AZURE_KEY": SECRET + "\r\n"})
+    assert SECRET not in problem and "api-key" in problem
 
 
 # ----------------------------------------------------------------------------- plugins

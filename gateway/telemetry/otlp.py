@@ -151,6 +151,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 _ONE_BYTE = [bytes((n,)) for n in range(128)]
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags
 _KEYS: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field (bounded below)
+_PAIRS: dict[tuple[bytes, str, type, Any], bytes] = {}  # (field tag, key, type, value) -> the encoded field
 
 
 def _varint(n: int) -> bytes:
@@ -203,15 +204,31 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
-    """Each attribute as a repeated KeyValue field; one that cannot be encoded is dropped, as the SDK does."""
+    """Each attribute as a repeated KeyValue field; one that cannot be encoded is dropped, as the SDK does.
+
+    Most pairs repeat from span to span (plugin names, methods, models, small counts): their encoded field
+    is looked up, not rebuilt. Floats are never cached (-0.0 == 0.0 would share an encoding)."""
     if not attributes:
         return []
     fields = []
     for key, value in attributes.items():
+        kind = value.__class__
+        cached = kind is str or kind is bool or kind is int
+        if cached:
+            found = _PAIRS.get((tag, key, kind, value))
+            if found is not None:
+                fields.append(found)
+                continue
         try:
-            fields.append(_field(tag, _key_value(key, value)))
+            encoded = _field(tag, _key_value(key, value))
         except (TypeError, ValueError) as error:
             log.warning("span attribute %r not exported: %s", key, error)
+            continue
+        fields.append(encoded)
+        if cached and len(encoded) <= 256:
+            if len(_PAIRS) >= 8192:  # unique values (request ids) would fill it: start over
+                _PAIRS.clear()
+            _PAIRS[(tag, key, kind, value)] = encoded
     return fields
 
 

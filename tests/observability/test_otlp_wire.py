@@ -139,6 +139,28 @@ def test_span_fields_encode_as_the_sdk_encodes_them(changes: dict[str, Any]) -> 
     assert ours(records) == sdk_message(records)
 
 
+def test_repeated_pairs_keep_their_type_and_place() -> None:
+    """Pairs seen before are reused encoded: True, 1 and "1" under one key stay three different values, and
+    a pair in a span's attributes, an event's and a link's is written with each place's field number."""
+    pairs: list[dict[str, Any]] = [{"k": True}, {"k": 1}, {"k": "1"}, {"k": 1.0}, {"k": -0.0}, {"k": 0.0}]
+    for _ in range(2):  # the second round finds every pair already encoded
+        for attributes in pairs:
+            records = [
+                record(
+                    attributes=attributes,
+                    events=[("e", attributes, 5)],
+                    links=[(1, 2, 1, False, "", attributes)],
+                )
+            ]
+            assert ours(records) == sdk_message(records)
+            span = ours(records).resource_spans[0].scope_spans[0].spans[0]
+            kind = span.attributes[0].value.WhichOneof("value")
+            assert kind == {bool: "bool_value", int: "int_value", str: "string_value", float: "double_value"}[
+                type(attributes["k"])
+            ]
+            assert span.events[0].attributes == span.attributes == span.links[0].attributes
+
+
 def test_an_empty_batch_is_an_empty_request() -> None:
     assert encode([], RESOURCE, SCOPE) == b"" == sdk_message([]).SerializeToString()
 

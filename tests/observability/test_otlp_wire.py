@@ -114,10 +114,13 @@ def test_every_value_kind_encodes_as_the_sdk_encodes_it(attributes: dict[str, An
     assert ours(records) == sdk_message(records)
 
 
-def test_an_attribute_that_cannot_be_encoded_is_dropped_and_the_rest_go_out() -> None:
-    records = [record(attributes={"too big": 2**64, "kept": "yes", "odd": object()})]
+def test_an_attribute_that_cannot_be_encoded_is_dropped_and_the_rest_go_out(caplog: pytest.LogCaptureFixture) -> None:
+    records = [record(attributes={"too big": 2**64, "kept": "yes", "odd": object()})] * 50
     spans = ours(records).resource_spans[0].scope_spans[0].spans
-    assert [(kv.key, kv.value.string_value) for kv in spans[0].attributes] == [("kept", "yes")]
+    assert len(spans) == 50
+    assert all([(kv.key, kv.value.string_value) for kv in span.attributes] == [("kept", "yes")] for span in spans)
+    warned = [r.getMessage() for r in caplog.records if "not exported" in r.getMessage()]
+    assert len(warned) == 2 and "'too big'" in warned[0] and "'odd'" in warned[1]  # once a key, not once a span
 
 
 @pytest.mark.parametrize(

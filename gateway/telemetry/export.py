@@ -3,7 +3,7 @@
 Finished spans (`spans.Record` tuples) go into a bounded queue; one daemon thread hands them in batches
 to a sender. A full queue drops the span (counted). The default sender is a helper process
 (`python -P gateway/telemetry/otlp.py`, one per loaded policy) that encodes them to OTLP and sends them
-(`otlp.SpanExport`, HTTP/protobuf or gRPC): encoding costs ~10 us a span (the SDK's encoder ~35 us), and
+(`otlp.SpanExport`, HTTP/protobuf or gRPC): encoding costs 4-10 us a span (the SDK path ~36 us), and
 done in the gateway's process it would hold the GIL the event loop needs. Batches go to the
 helper pickled over its stdin; it answers one line per batch (`ok N` / `failed N`) and per flush marker
 (`flushed`). `export_process: false` keeps the exporter on the thread instead. Either way a failing or

@@ -11,7 +11,7 @@ PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
 PORT ?= 8080
 CONFIG ?= policies/default.yaml
 
-.PHONY: install guardrails-venv system-deps run test lint format bench soak schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix train-injection
+.PHONY: install litellm-venv guardrails-venv system-deps run test lint format bench soak schema clean help local-models local-models-down e2e phoenix-venv phoenix test-phoenix train-injection
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -71,7 +71,13 @@ schema: install  ## regenerate schema/policy.schema.json
 	$(BIN)/gateway schema -o schema/policy.schema.json
 
 SOAK_MINUTES ?= 2
-bench: install system-deps  ## benchmarks and a SOAK_MINUTES soak -> docs/benchmarks.md
+litellm-venv: .bench/litellm-venv/bin/litellm  ## LiteLLM's proxy in its own venv, for make bench's comparison row (from PyPI)
+
+.bench/litellm-venv/bin/litellm:
+	@test -x .bench/litellm-venv/bin/python || $(PYTHON) -m venv .bench/litellm-venv
+	.bench/litellm-venv/bin/python -m pip install --quiet 'litellm[proxy]'
+
+bench: install system-deps  ## benchmarks and a SOAK_MINUTES soak -> docs/benchmarks.md (LiteLLM too after make litellm-venv)
 	$(BIN)/python -m bench.run
 	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --output docs/benchmarks.md
 

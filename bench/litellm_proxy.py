@@ -2,7 +2,7 @@
 
 It lives in its own virtual environment (its pins conflict with the gateway's):
 
-    python3.11 -m venv .bench/litellm-venv && .bench/litellm-venv/bin/pip install 'litellm[proxy]'
+    make litellm-venv    # python3.11 -m venv .bench/litellm-venv && pip install 'litellm[proxy]'
 
 `make bench` runs it with one worker if that venv exists (override with BENCH_LITELLM=/path/to/litellm)
 and skips it otherwise.

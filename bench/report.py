@@ -150,7 +150,7 @@ def page(
         f"p99 {litellm['c64']['p99']:.0f} ms), "
         f"RSS {_mib(litellm.get('rss_idle'))} MiB idle, {_mib(litellm.get('rss_load'))} MiB under load."
         if litellm
-        else "LiteLLM was not installed for this run (bench/litellm_proxy.py says how); measured earlier on this "
+        else "LiteLLM was not installed for this run (`make litellm-venv` installs it); measured earlier on this "
         "machine: LiteLLM 1.106, one worker: 9.0 ms p50 at 1 connection, 136 req/s at 64 connections."
     )
     notes = NOTES.read_text() if NOTES.exists() else ""

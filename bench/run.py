@@ -20,6 +20,8 @@ from bench import chart, report, streaming, tracing, transport
 from bench.load import Result, measure
 from bench.procs import ROOT, free_port, start_gateway, start_module, start_nginx, stop, wait_http
 
+FLOOR_2 = report.FLOOR_2  # the floor as two processes on one port: what 2 workers can reach on this machine
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -117,7 +119,7 @@ def main() -> int:
         print("make bench needs wrk and nginx: apt-get install -y wrk nginx-light", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-    ports = {name: free_port() for name in ("nginx", "floor", "stream", "stream_floor", "sink")}
+    ports = {name: free_port() for name in ("nginx", "floor", "floor2", "stream", "stream_floor", "sink")}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     procs = [
         start_nginx(workdir, ports["nginx"]),
@@ -125,6 +127,7 @@ def main() -> int:
         start_module("bench.streaming", "--port", str(ports["stream"])),
         start_module("bench.floor_proxy", "--upstream", url["stream"], "--port", str(ports["stream_floor"])),
         start_module("bench.otlp_sink", "--port", str(ports["sink"])),
+        start_module("bench.floor_proxy", "--upstream", url["nginx"], "--port", str(ports["floor2"]), "--processes=2"),
     ]
     results: dict[str, Result] = {}
     streams: dict[str, dict[str, float]] = {}
@@ -133,6 +136,8 @@ def main() -> int:
         extra["rag"] = None if args.quick else rag_entry(workdir)
         results["nginx"] = measure(url["nginx"], "post.lua", args.seconds)
         results["floor"] = measure(url["floor"], "post.lua", args.seconds, pid=procs[1].pid)
+        results[FLOOR_2] = measure(url["floor2"], "post.lua", args.seconds, pid=procs[-1].pid)
+        results[FLOOR_2]["workers"] = 2
         wait_http(url["stream"] + "/")
         wait_http(url["stream_floor"] + "/")
         for variant in variants(extra["rag"]):

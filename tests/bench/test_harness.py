@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import soak, streaming
-from bench.procs import free_port, start_module, stop, wait_http
+from bench import report, soak, streaming
+from bench.procs import _children, free_port, start_module, stop, wait_http
 
 
 def test_soak_section_replaces_its_own_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -79,3 +82,50 @@ def test_stream_delays_direct_and_through_the_floor(stream_upstream: str) -> Non
         assert 0 < result["ttft_p50"] < 1000 and 0 <= result["chunk_p50"] < streaming.INTERVAL_S * 1000 * 5
     # Connections kept alive: one per measuring round directly (two rounds), one from the floor for both.
     assert streaming.connections(stream_upstream) == before + 3
+
+
+def test_the_floor_as_two_processes_serves_on_one_port_and_stops_whole(stream_upstream: str) -> None:
+    port = free_port()
+    floor = start_module("bench.floor_proxy", "--upstream", stream_upstream, "--port", str(port), "--processes=2")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions", data=b'{"model": "m", "stream": true}'
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200 and b"data: [DONE]" in answer.read()
+        children = _children(floor.pid)
+        assert len(children) == 2
+    finally:
+        stop(floor)
+    assert floor.returncode == 0
+    assert not [c for c in children if os.path.exists(f"/proc/{c}")]  # reaped: none left running
+
+
+def _result(rps: float) -> Any:
+    return {"c1": {"p50": 0.5, "p99": 1.0}, "c64": {"rps": rps, "p99": 10.0, "requests": rps}}
+
+
+@pytest.mark.parametrize(
+    ("one", "two", "floor_two", "met"),
+    [
+        (1000, 1900, 1500, True),  # near 2x: met whatever the floor did
+        (1000, 1400, 1500, True),  # as far as the floor's two processes got on this machine (1.5x): 1.4 >= 0.9 * 1.5
+        (1000, 1200, 1500, False),  # the floor scaled, the gateway did not
+        (1000, 1500, None, False),  # no floor row: 2x-ish is the only bar
+    ],
+)
+def test_multi_core_target_is_held_to_the_floor_s_own_scaling(
+    one: float, two: float, floor_two: float | None, met: bool
+) -> None:
+    results = {
+        "nginx": _result(50_000),
+        "floor": _result(1000),
+        "gateway": _result(one),
+        "gateway, 2 workers": _result(two),
+    }
+    if floor_two is not None:
+        results[report.FLOOR_2] = _result(floor_two)
+    row = next(line for line in report.targets(results, {}).splitlines() if line.startswith("| 2 workers vs 1"))
+    assert row.endswith("| yes |" if met else "| **no** |"), row
+    assert f"{two / one:.2f}x" in row

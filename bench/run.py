@@ -20,8 +20,6 @@ from bench import chart, report, streaming, tracing, transport
 from bench.load import Result, measure
 from bench.procs import ROOT, free_port, start_gateway, start_module, start_nginx, stop, wait_http
 
-FLOOR_2 = report.FLOOR_2  # the floor as two processes on one port: what 2 workers can reach on this machine
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -136,8 +134,7 @@ def main() -> int:
         extra["rag"] = None if args.quick else rag_entry(workdir)
         results["nginx"] = measure(url["nginx"], "post.lua", args.seconds)
         results["floor"] = measure(url["floor"], "post.lua", args.seconds, pid=procs[1].pid)
-        results[FLOOR_2] = measure(url["floor2"], "post.lua", args.seconds, pid=procs[-1].pid)
-        results[FLOOR_2]["workers"] = 2
+        results[report.FLOOR_2] = measure(url["floor2"], "post.lua", args.seconds, pid=procs[-1].pid)
         wait_http(url["stream"] + "/")
         wait_http(url["stream_floor"] + "/")
         for variant in variants(extra["rag"]):
@@ -150,7 +147,6 @@ def main() -> int:
             proc = start_gateway(policy, port, variant.workers, log=workdir / f"gateway-{port}.log")
             try:
                 results[variant.name] = measure(gw, variant.script, args.seconds, pid=proc.pid)
-                results[variant.name]["workers"] = variant.workers
                 if variant.name == "gateway":  # direct, the floor and the gateway taking turns
                     streams.update(
                         streaming.compare(

@@ -28,6 +28,11 @@ _OWN_HEADERS = frozenset(
 )
 
 
+def _breaks_a_header(text: str) -> bool:
+    """A line break or NUL: the value would end its header line early (header injection)."""
+    return "\r" in text or "\n" in text or "\0" in text
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,7 +72,7 @@ class _BackendBase(StrictModel):
     @field_validator("api_key")
     @classmethod
     def _key_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and any(c in value.get_secret_value() for c in "\r\n\0"):
+        if value is not None and _breaks_a_header(value.get_secret_value()):
             raise ValueError("the key holds a line break or NUL and cannot be sent in a header")  # never the key
         return value
 
@@ -78,7 +83,7 @@ class _BackendBase(StrictModel):
         for name, text in value.items():
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
-            if any(c in text for c in "\r\n\0"):
+            if _breaks_a_header(text):
                 raise ValueError(f"header {name!r}: the value holds a line break or NUL and cannot be sent")
             lower = name.lower()
             if lower in _OWN_HEADERS:

@@ -27,12 +27,12 @@ from gateway.upstream.base import StreamBroken, UpstreamCall, UpstreamStream
 
 
 class CallRecord:
-    """The upstream call that answered: its GenAI attributes, for its metrics once the answer is done."""
+    """The upstream call that answered: its metric series, for its metrics once the answer is done."""
 
-    __slots__ = ("attributes",)
+    __slots__ = ("series",)
 
-    def __init__(self, attributes: dict[str, Any]) -> None:
-        self.attributes = attributes
+    def __init__(self, series: genai.CallSeries) -> None:
+        self.series = series
 
 
 class PeekedStream:
@@ -121,7 +121,8 @@ async def _attempts(
         transport = runtime.transports[attempt.target.backend]
         attempt.health.started()
         started = time.perf_counter()
-        ctx.put(CallRecord(attributes))
+        series = genai.call_series(attributes)
+        ctx.put(CallRecord(series))
         try:
             async with asyncio.timeout_at(deadline) if deadline is not None else _NO_DEADLINE:
                 if stream:
@@ -138,7 +139,7 @@ async def _attempts(
             if trace is not None:
                 trace.end_client(error=error)
             if not isinstance(exc, asyncio.CancelledError):
-                genai.record_call(otlp, attributes, time.perf_counter() - started, error)
+                genai.record_call(otlp, series, time.perf_counter() - started, error)
             if isinstance(exc, TimeoutError):
                 attempt.record(ok=False, ttft_s=None, total_s=None)
                 last = UpstreamTimeout(
@@ -158,7 +159,7 @@ async def _attempts(
             continue
         elapsed = time.perf_counter() - started
         attempt.record(ok=True, ttft_s=None, total_s=elapsed)
-        genai.record_call(otlp, attributes, elapsed, None)
+        genai.record_call(otlp, series, elapsed, None)
         if trace is not None:
             trace.end_route(attempt.target.backend, number + 1)
         return attempt, answer, None

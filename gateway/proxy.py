@@ -345,7 +345,7 @@ async def _end_stream_call(
     error = None if status < 500 else ("cancelled" if status == 499 else ctx.error and "stream_interrupted")
     record = ctx.get(CallRecord)
     if record is not None:
-        genai.record_call(runtime.telemetry.otlp, record.attributes, total_s, error)
+        genai.record_call(runtime.telemetry.otlp, record.series, total_s, error)
         backend = ctx.target.backend if ctx.target else "-"
         genai.record_ttft(runtime.telemetry.otlp, ctx.route.name, backend, ctx.ttft_s or 0)
     trace = ctx.get(RequestTrace)
@@ -363,7 +363,7 @@ def _observe(runtime: Runtime, ctx: RequestContext, status: int, overhead_s: flo
     """Token usage and overhead metrics, and the end of the server span."""
     record = ctx.get(CallRecord)
     if record is not None and ctx.usage and status < 400:
-        genai.record_tokens(runtime.telemetry.otlp, record.attributes, ctx.usage)
+        genai.record_tokens(runtime.telemetry.otlp, record.series, ctx.usage)
     if overhead_s is None:
         overhead_s = time.perf_counter() - ctx.started - ctx.upstream_s
     genai.record_overhead(runtime.telemetry.otlp, ctx.route.name, ctx.stream, max(overhead_s, 0.0))

@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from opentelemetry import trace
-
 from gateway.policy import Telemetry as TelemetryConfig
 from gateway.telemetry import genai
 from gateway.telemetry.export import ProcessSender, Sender, SpanQueue, ThreadSender
@@ -60,7 +58,7 @@ class Telemetry:
     def __init__(self, config: TelemetryConfig, version: str = "0.0.0", env: Mapping[str, str] = os.environ) -> None:
         self.config = config
         self.endpoint = resolve_endpoint(config, env)
-        self.tracer: trace.Tracer | None = None
+        self.tracer: FastTracer | None = None
         self._spans: SpanQueue | None = None
         self.otlp: Histograms | None = None  # the OTLP metrics (the Prometheus ones are always recorded)
         if self.endpoint is None:

@@ -89,7 +89,7 @@ def request_attributes(endpoint: str, provider: str, base_url: str, body: Mappin
     if isinstance(stop, str):
         attributes["gen_ai.request.stop_sequences"] = [stop]
     elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        attributes["gen_ai.request.stop_sequences"] = stop
+        attributes["gen_ai.request.stop_sequences"] = list(stop)  # a copy: the span outlives the body
     return attributes
 
 
@@ -179,49 +179,72 @@ OTLP_SPECS = (
 )
 
 
-def _otlp_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "server.address", "server.port")
-    return {k: attributes[k] for k in keys if k in attributes}
+_SERIES_KEYS = (
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "server.address",
+    "server.port",
+)
+_SERIES_MAX = 1024  # kinds of call (operation, provider, model, server) remembered; past it, start over
 
 
-def _labels(attributes: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (
-        str(attributes.get("gen_ai.operation.name", "")),
-        str(attributes.get("gen_ai.provider.name", "")),
-        str(attributes.get("gen_ai.request.model", "")),
-    )
+class CallSeries:
+    """The metric series of one kind of upstream call (operation, provider, model, server), built once.
+
+    The request path records into them without rebuilding label tuples or OTLP attribute sets per
+    call (that cost ~5 us a request). Models and servers come from the policy, so there are few kinds."""
+
+    __slots__ = ("labels", "otlp", "otlp_tokens")
+
+    def __init__(self, items: tuple[tuple[str, Any], ...]) -> None:
+        found = dict(items)
+        self.labels = tuple(str(found.get(key, "")) for key in _SERIES_KEYS[:3])
+        self.otlp = items  # OTLP attributes, in a fixed order (Histograms' series key)
+        self.otlp_tokens = {kind: (*items, ("gen_ai.token.type", kind)) for kind in ("input", "output")}
 
 
-def record_call(
-    otlp: Histograms | None, attributes: Mapping[str, Any], duration_s: float, error_type: str | None
-) -> None:
+_SERIES: dict[tuple[tuple[str, Any], ...], CallSeries] = {}
+
+
+def call_series(attributes: Mapping[str, Any]) -> CallSeries:
+    """The series of the call `request_attributes` describes."""
+    items = tuple((key, attributes[key]) for key in _SERIES_KEYS if key in attributes)
+    found = _SERIES.get(items)
+    if found is None:
+        if len(_SERIES) >= _SERIES_MAX:
+            _SERIES.clear()
+        found = _SERIES[items] = CallSeries(items)
+    return found
+
+
+def record_call(otlp: Histograms | None, series: CallSeries, duration_s: float, error_type: str | None) -> None:
     """gen_ai.client.operation.duration of one upstream call (error_type set when it failed)."""
-    OPERATION_DURATION.labels(*_labels(attributes), error_type or "").observe(duration_s)
+    OPERATION_DURATION.labels(*series.labels, error_type or "").observe(duration_s)
     if otlp is not None:
-        extra = {"error.type": error_type} if error_type else {}
-        otlp.record(DURATION_OTLP, duration_s, {**_otlp_attributes(attributes), **extra})
+        items = (*series.otlp, ("error.type", error_type)) if error_type else series.otlp
+        otlp.record_items(DURATION_OTLP, duration_s, items)
 
 
-def record_tokens(otlp: Histograms | None, attributes: Mapping[str, Any], usage: Mapping[str, Any]) -> None:
+def record_tokens(otlp: Histograms | None, series: CallSeries, usage: Mapping[str, Any]) -> None:
     """gen_ai.client.token.usage (input and output) of the call that answered."""
-    labels = _labels(attributes)
     for key, kind in (("prompt_tokens", "input"), ("completion_tokens", "output")):
         value = usage.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
-            TOKEN_USAGE.labels(*labels, kind).observe(value)
+            TOKEN_USAGE.labels(*series.labels, kind).observe(value)
             if otlp is not None:
-                otlp.record(TOKEN_USAGE_OTLP, value, {**_otlp_attributes(attributes), "gen_ai.token.type": kind})
+                otlp.record_items(TOKEN_USAGE_OTLP, value, series.otlp_tokens[kind])
 
 
 def record_ttft(otlp: Histograms | None, model: str, backend: str, ttft_s: float) -> None:
     """gateway_time_to_first_token_seconds / gateway.time_to_first_token of a stream."""
     TIME_TO_FIRST_TOKEN.labels(model, backend).observe(ttft_s)
     if otlp is not None:
-        otlp.record(TTFT_OTLP, ttft_s, {"gateway.model": model, "gateway.backend": backend})
+        otlp.record_items(TTFT_OTLP, ttft_s, (("gateway.model", model), ("gateway.backend", backend)))
 
 
 def record_overhead(otlp: Histograms | None, model: str, stream: bool, overhead_s: float) -> None:
     """gateway_overhead_seconds / gateway.overhead: the gateway's own time in one request."""
     OVERHEAD.labels(model, "true" if stream else "false").observe(overhead_s)
     if otlp is not None:
-        otlp.record(OVERHEAD_OTLP, overhead_s, {"gateway.model": model, "gateway.stream": stream})
+        otlp.record_items(OVERHEAD_OTLP, overhead_s, (("gateway.model", model), ("gateway.stream", stream)))

@@ -85,8 +85,12 @@ class Histograms:
 
     def record(self, name: str, value: float, attributes: Mapping[str, Any]) -> None:
         """Add one measurement. Attribute order is part of the key: callers build them in a fixed order."""
+        self.record_items(name, value, tuple(attributes.items()))
+
+    def record_items(self, name: str, value: float, items: tuple[tuple[str, Any], ...]) -> None:
+        """`record` with the attributes as (key, value) pairs, for callers that keep them built."""
         spec = self._specs[name]
-        key = (name, tuple(attributes.items()))
+        key = (name, items)
         with self._lock:
             point = self._points.get(key)
             if point is None:

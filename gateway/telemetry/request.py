@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
 
 from gateway.telemetry import genai
+from gateway.telemetry.spans import FastSpan, FastTracer
 
 if TYPE_CHECKING:
     from gateway.plugin import RequestContext
@@ -45,29 +47,30 @@ def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class RequestTrace:
     __slots__ = ("capture", "client", "recording", "route_span", "span", "telemetry", "tracer")
 
-    def __init__(self, telemetry: Telemetry, tracer: trace.Tracer, span: Span) -> None:
+    def __init__(self, telemetry: Telemetry, tracer: FastTracer, span: Span) -> None:
         self.telemetry = telemetry
         self.tracer = tracer
         self.span = span
         self.recording = span.is_recording()  # sampled: decided at the start, for the whole request
         self.capture = telemetry.config.capture_content and self.recording
-        self.route_span: Span | None = None
-        self.client: Span | None = None
+        self.route_span: FastSpan | None = None
+        self.client: FastSpan | None = None
 
     @classmethod
     def start(cls, telemetry: Telemetry, method: str, path: str, headers: Mapping[str, str]) -> RequestTrace:
-        assert telemetry.tracer is not None
+        tracer = telemetry.tracer
+        assert tracer is not None
         parent = PROPAGATOR.extract(headers) if "traceparent" in headers else _EMPTY
-        span = telemetry.tracer.start_span(
+        span = tracer.start_trusted(
             f"{method} {path}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": path},
+            {"http.request.method": method, "url.path": path},
+            trace.get_current_span(parent),
+            SpanKind.SERVER,
         )
         # The request's task carries this context to its end (stream relay included) and dies with it.
         otel_context.attach(trace.set_span_in_context(span, parent))
-        _ACTIVE.set(telemetry.tracer)
-        return cls(telemetry, telemetry.tracer, span)
+        _ACTIVE.set(tracer)
+        return cls(telemetry, tracer, span)
 
     def bind(self, ctx: RequestContext) -> None:
         ctx.put(self)
@@ -75,7 +78,7 @@ class RequestTrace:
             return
         found = self.span.get_span_context()
         ctx.trace_id, ctx.span_id = format(found.trace_id, "032x"), format(found.span_id, "016x")
-        self.span.set_attributes(
+        _fast(self.span).set_trusted(
             {
                 "gen_ai.request.model": ctx.route.name,
                 "gateway.request_id": ctx.request_id,
@@ -84,30 +87,22 @@ class RequestTrace:
             }
         )
 
-    @contextmanager
-    def step(self, plugin: str, phase: str) -> Iterator[Span | None]:
-        """A span for one plugin step (request or response phase)."""
+    def step(self, plugin: str, phase: str) -> AbstractContextManager[Span | None]:
+        """A span for one plugin step (request or response phase), current while the step runs."""
         if not self.recording:
-            yield None
-            return
-        span = self.tracer.start_span(
-            f"plugin {plugin}", attributes={"gateway.plugin.name": plugin, "gateway.plugin.phase": phase}
+            return _UNTRACED
+        return _Step(
+            self.tracer.start_trusted(
+                f"plugin {plugin}", {"gateway.plugin.name": plugin, "gateway.plugin.phase": phase}
+            )
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__name__)
-            span.set_status(Status(StatusCode.ERROR))
-            raise
-        finally:
-            otel_context.detach(token)
-            span.end()
 
     def start_route(self, model: str, strategy: str) -> None:
         if self.recording:
-            self.route_span = self.tracer.start_span(
-                f"route {model}", attributes={"gateway.route.model": model, "gateway.route.strategy": strategy}
+            self.route_span = _fast(
+                self.tracer.start_trusted(
+                    f"route {model}", {"gateway.route.model": model, "gateway.route.strategy": strategy}
+                )
             )
 
     def end_route(self, backend: str | None, attempts: int, error: str | None = None) -> None:
@@ -122,24 +117,25 @@ class RequestTrace:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
 
-    def start_client(self, name: str, attributes: Attributes, backend: str) -> dict[str, str]:
-        """Open the CLIENT span of one upstream call; the trace headers to send with it."""
+    def start_client(self, name: str, attributes: Mapping[str, Any], backend: str) -> dict[str, str]:
+        """Open the CLIENT span of one upstream call (`attributes`: genai.request_attributes); the trace
+        headers to send with it."""
         if not self.recording:  # not sampled: no span, but the trace (flagged unsampled) still goes upstream
             return trace_headers(self.span)
-        parent = self.route_span or self.span
-        span = self.tracer.start_span(
-            name, context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT, attributes=attributes
+        span = self.client = _fast(
+            self.tracer.start_trusted(
+                name, {**attributes, "gateway.backend": backend}, self.route_span or self.span, SpanKind.CLIENT
+            )
         )
-        span.set_attribute("gateway.backend", backend)
-        self.client = span
         return trace_headers(span)
 
-    def end_client(self, attributes: Attributes = None, error: str | None = None) -> None:
+    def end_client(self, attributes: Mapping[str, Any] | None = None, error: str | None = None) -> None:
+        """Close the CLIENT span (`attributes`: genai.response_attributes)."""
         span, self.client = self.client, None
         if span is None:
             return
         if attributes:
-            span.set_attributes(attributes)
+            span.set_trusted(attributes)
         if error:
             span.set_attribute("error.type", error)
             span.set_status(Status(StatusCode.ERROR))
@@ -167,7 +163,8 @@ class RequestTrace:
         if self.client is not None:
             self.client.set_attribute(name, text)
 
-    def finish(self, status: int, attributes: Attributes = None) -> None:
+    def finish(self, status: int, attributes: Mapping[str, Any] | None = None) -> None:
+        """End the server span (`attributes`: the gateway's own, already valid values)."""
         if self.client is not None:  # a stream the client abandoned: the call ended with the request
             self.end_client(error="cancelled" if status == 499 else None)
         if self.route_span is not None:
@@ -175,12 +172,42 @@ class RequestTrace:
         span = self.span
         if not span.is_recording():
             return
-        span.set_attribute("http.response.status_code", status)
-        if attributes:
-            span.set_attributes(attributes)
+        span = _fast(span)
+        span.set_trusted({"http.response.status_code": status, **(attributes or {})})
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
+
+
+def _fast(span: Span) -> FastSpan:
+    """A span of a recorded request (a sampled trace's children are sampled: always the gateway's own)."""
+    assert isinstance(span, FastSpan)
+    return span
+
+
+class _Step:
+    """`RequestTrace.step`'s context manager: a plain class costs less than a generator-based one."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.token: object = None
+
+    def __enter__(self) -> Span:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        span = self.span
+        if kind is not None:
+            span.set_attribute("error.type", kind.__name__)
+            span.set_status(Status(StatusCode.ERROR))
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        span.end()
+
+
+_UNTRACED: AbstractContextManager[None] = contextlib.nullcontext()
 
 
 class _RoutingTracer(trace.Tracer):

@@ -42,6 +42,8 @@ LIMIT = 128  # attributes per span, events, links, attributes per event or link 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _PLAIN = (str, bool, int, float)
+_OK = StatusCode.OK.value
+_NO_STATUS: tuple[int, str | None] = (StatusCode.UNSET.value, None)
 
 # One finished span, plain data only (it crosses a process boundary by pickle):
 # (name, trace_id, span_id, trace_state header or "", parent (span_id, is_remote) or None, kind value,
@@ -110,13 +112,13 @@ class FastSpan(trace.Span):
         self._name = name
         self._context = context
         self._parent = parent
-        self._kind = kind
+        self._kind = kind.value  # what the record carries (an enum's .value is a descriptor call)
         self._attributes = attributes
         self._events: list[tuple[str, dict[str, AttributeValue], int]] | None = None
         self._links = links
         self._start = start
         self._end = 0
-        self._status: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+        self._status = _NO_STATUS
         self._sink = sink
 
     def get_span_context(self) -> SpanContext:
@@ -133,6 +135,18 @@ class FastSpan(trace.Span):
         if self._end == 0:
             for key, value in attributes.items():
                 _put(self._attributes, key, value)
+
+    def set_trusted(self, attributes: Mapping[str, Any]) -> None:
+        """`set_attributes` for the gateway's own attributes, already valid (primitives or lists of one kind):
+        no per-value check. Anything from outside (plugins, the API) goes through `set_attributes`."""
+        if self._end != 0:
+            return
+        into = self._attributes
+        if len(into) + len(attributes) <= LIMIT:
+            into.update(attributes)
+        else:
+            for key, value in attributes.items():
+                _put(into, key, value)
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
         if self._end != 0:
@@ -158,7 +172,7 @@ class FastSpan(trace.Span):
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._end != 0 or self._status[0] == StatusCode.OK.value:  # OK is final, as in the SDK
+        if self._end != 0 or self._status[0] == _OK:  # OK is final, as in the SDK
             return
         if isinstance(status, Status):
             code, description = status.status_code, status.description
@@ -199,7 +213,7 @@ class FastSpan(trace.Span):
                 context.span_id,
                 state.to_header() if state else "",
                 None if parent is None else (parent.span_id, parent.is_remote),
-                self._kind.value,
+                self._kind,
                 self._start,
                 self._end,
                 self._attributes,
@@ -243,7 +257,31 @@ class FastTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        found = trace.get_current_span(context).get_span_context()
+        parent = trace.get_current_span(context).get_span_context()
+        linked = [_link(link.context, link.attributes) for link in links or () if link.context.is_valid][:LIMIT]
+        return self._open(name, parent, kind, _attributes(attributes), linked or None, start_time)
+
+    def start_trusted(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        parent: trace.Span | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> trace.Span:
+        """A child of `parent` (None: the current span) for the gateway's own spans: `attributes` are already
+        valid values (as for `FastSpan.set_trusted`) and the span takes the dict over."""
+        found = (trace.get_current_span() if parent is None else parent).get_span_context()
+        return self._open(name, found, kind, attributes, None, None)
+
+    def _open(
+        self,
+        name: str,
+        found: SpanContext,
+        kind: SpanKind,
+        attributes: dict[str, AttributeValue],
+        links: list[tuple[Any, ...]] | None,
+        start_time: int | None,
+    ) -> trace.Span:
         span_id = random.getrandbits(64)
         while span_id == INVALID_SPAN_ID:
             span_id = random.getrandbits(64)
@@ -257,14 +295,13 @@ class FastTracer(trace.Tracer):
             sampled, state = (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound, None
         if not sampled:
             return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
-        linked = [_link(link.context, link.attributes) for link in links or () if link.context.is_valid][:LIMIT]
         return FastSpan(
             name,
             SpanContext(trace_id, span_id, False, _SAMPLED, state),
             parent,
             kind,
-            _attributes(attributes),
-            linked or None,
+            attributes,
+            links,
             start_time or time.time_ns(),
             self._sink,
         )

@@ -92,3 +92,36 @@ def test_a_failing_exporter_does_not_stop_the_periodic_thread() -> None:
     assert exporter.exported.wait(5), "the thread gave up after the collector failed"
     assert points(exporter.batches[0])[0].count == 1
     h.shutdown()
+
+
+def test_genai_call_series_are_built_once_and_record_each_outcome_and_token_type_apart() -> None:
+    from gateway.telemetry import genai
+
+    exporter = Collected()
+    h = Histograms(genai.OTLP_SPECS, exporter, Resource.create({"service.name": "t"}), InstrumentationScope("t"), 3600)
+    attributes = genai.request_attributes("chat", "openai", "http://up:8000/v1", {"model": "m", "temperature": 0.1})
+    series = genai.call_series(attributes)
+    assert genai.call_series(dict(attributes)) is series  # equal attributes: the same series
+    assert genai.call_series({**attributes, "gen_ai.request.model": "other"}) is not series
+    assert series.labels == ("chat", "openai", "m")
+    genai.record_call(h, series, 0.03, None)
+    genai.record_call(h, series, 0.05, None)
+    genai.record_call(h, series, 0.5, "timeout")
+    genai.record_tokens(h, series, {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+    h.force_flush()
+    found = {
+        metric.name: {tuple(sorted((p.attributes or {}).items())): p.count for p in metric.data.data_points}  # type: ignore[attr-defined]
+        for metric in exporter.batches[-1].resource_metrics[0].scope_metrics[0].metrics
+    }
+    base = (
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "openai"),
+        ("gen_ai.request.model", "m"),
+        ("server.address", "up"),
+        ("server.port", 8000),
+    )
+    assert found[genai.DURATION_OTLP] == {base: 2, tuple(sorted((*base, ("error.type", "timeout")))): 1}
+    assert found[genai.TOKEN_USAGE_OTLP] == {
+        tuple(sorted((*base, ("gen_ai.token.type", kind)))): 1 for kind in ("input", "output")
+    }
+    h.shutdown()

@@ -20,10 +20,11 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY
 
-from gateway.telemetry import export
+from gateway.policy import Telemetry as TelemetryConfig
+from gateway.telemetry import Telemetry, export
 from gateway.telemetry.export import ProcessSender, SpanQueue, ThreadSender
 from gateway.telemetry.otlp import Endpoint, Source, to_readable
-from gateway.telemetry.request import trace_headers
+from gateway.telemetry.request import RequestTrace, trace_headers
 from gateway.telemetry.spans import LIMIT, FastSpan, FastTracer, Record
 from tests.fakes.otlp import OtlpReceiver
 
@@ -109,6 +110,64 @@ def test_children_follow_the_current_span_and_the_routing_api() -> None:
     parent_id = parent.get_span_context().span_id
     assert records[0][4] == (parent_id, False) and records[1][4] is None
     assert records[0][1] == records[1][1]
+
+
+def test_trusted_spans_take_their_attributes_as_given_and_still_respect_the_limit() -> None:
+    tracer, records = recorded()
+    given = {"gateway.plugin.name": "rules", "seq": ["x", "y"]}
+    with tracer.start_as_current_span("parent") as parent:
+        span = tracer.start_trusted("current parent", given)
+        assert isinstance(span, FastSpan)
+        span.set_trusted({"n": 1, "flag": False})
+        span.end()
+    explicit = tracer.start_trusted("explicit parent", {}, parent, SpanKind.CLIENT)
+    explicit.end()
+    child, _, other = records
+    assert child[8] is given and given == {"gateway.plugin.name": "rules", "seq": ["x", "y"], "n": 1, "flag": False}
+    assert child[4] == (parent.get_span_context().span_id, False) and child[1] == other[1]
+    assert other[4] == child[4] and other[5] == SpanKind.CLIENT.value
+
+    full = tracer.start_trusted("full", {f"k{i}": i for i in range(LIMIT - 1)})
+    assert isinstance(full, FastSpan)
+    full.set_trusted({"a": 1, "b": 2, "c": 3})  # past the limit: the oldest go, as with set_attributes
+    full.end()
+    attributes = records[-1][8]
+    assert len(attributes) == LIMIT and "k0" not in attributes and "k1" not in attributes
+    assert attributes["c"] == 3 and attributes[f"k{LIMIT - 2}"] == LIMIT - 2
+
+    unsampled = FastTracer(0.0, records.append).start_trusted("not sampled", {"x": 1})
+    assert not unsampled.is_recording() and unsampled.get_span_context().is_valid
+
+
+def test_a_plugin_step_is_current_while_it_runs_and_records_what_escapes_it() -> None:
+    telemetry = Telemetry(TelemetryConfig(otlp_endpoint="http://127.0.0.1:9", export_process=False))
+    tracer, records = recorded()
+    telemetry.tracer = tracer
+    token = otel_context.attach(otel_context.Context())
+    try:
+        request = RequestTrace.start(telemetry, "POST", "/v1/chat/completions", {})
+        with request.step("rules", "request") as step:
+            assert step is not None and trace.get_current_span() is step
+            trace.get_tracer("plugin").start_span("the plugin's own").end()  # the routing API: a child of the step
+        assert trace.get_current_span() is request.span
+        with pytest.raises(KeyError), request.step("exact_cache", "response"):
+            raise KeyError("boom")
+        assert trace.get_current_span() is request.span
+        request.finish(200, {"gateway.backend": "b"})
+    finally:
+        otel_context.detach(token)
+        telemetry.shutdown()
+    own, rules, failed, server = records
+    names = ["the plugin's own", "plugin rules", "plugin exact_cache", "POST /v1/chat/completions"]
+    assert [r[0] for r in records] == names
+    assert own[4] == (rules[2], False) and rules[4] == (server[2], False) and failed[4] == (server[2], False)
+    assert rules[8] == {"gateway.plugin.name": "rules", "gateway.plugin.phase": "request"} and rules[11][0] == 0
+    assert failed[8]["error.type"] == "KeyError" and failed[11] == (StatusCode.ERROR.value, None)
+    assert server[8]["http.response.status_code"] == 200 and server[8]["gateway.backend"] == "b"
+
+    quiet = RequestTrace(telemetry, FastTracer(0.0, records.append), NonRecordingSpan(SpanContext(1, 2, False)))
+    with quiet.step("rules", "request") as nothing:
+        assert nothing is None
 
 
 # --- the API's span behaviour ----------------------------------------------------------------

@@ -11,6 +11,7 @@ The rules are pure functions so both caches (and their tests) agree on them:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ def storable(answer: Mapping[str, Any], cfg: CacheConfig) -> bool:
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices:
         return False
-    allowed = set(cfg.finish_reasons) | ({"tool_calls", "function_call"} if cfg.cache_tool_calls else set())
+    allowed = _storable_reasons(cfg.finish_reasons, cfg.cache_tool_calls)
     for choice in choices:
         if not isinstance(choice, Mapping) or choice.get("finish_reason") not in allowed:
             return False
@@ -151,6 +152,11 @@ def storable(answer: Mapping[str, Any], cfg: CacheConfig) -> bool:
         if not cfg.cache_tool_calls and isinstance(message, Mapping) and message.get("tool_calls"):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def _storable_reasons(finish_reasons: tuple[str, ...], tool_calls: bool) -> frozenset[str]:
+    return frozenset(finish_reasons) | ({"tool_calls", "function_call"} if tool_calls else frozenset())
 
 
 def scope(ctx: RequestContext, cfg: CacheConfig) -> str:

@@ -368,13 +368,14 @@ def _observe(runtime: Runtime, ctx: RequestContext, status: int, overhead_s: flo
         overhead_s = time.perf_counter() - ctx.started - ctx.upstream_s
     genai.record_overhead(runtime.telemetry.otlp, ctx.route.name, ctx.stream, max(overhead_s, 0.0))
     trace = ctx.get(RequestTrace)
-    if trace is not None:
-        attributes: dict[str, Any] = {"gateway.backend": ctx.target.backend if ctx.target else ""}
-        cache = ctx.response_headers.get("x-gateway-cache")
-        if cache:
-            attributes["gateway.cache"] = cache
-        if ctx.usage:
-            attributes.update(genai.response_attributes(None, ctx.usage, []))
-        if status >= 400:
-            attributes["error.type"] = str(status)
-        trace.finish(status, attributes)
+    if trace is None or not trace.recording:  # not sampled: none of the request's spans records anything
+        return
+    attributes: dict[str, Any] = {"gateway.backend": ctx.target.backend if ctx.target else ""}
+    cache = ctx.response_headers.get("x-gateway-cache")
+    if cache:
+        attributes["gateway.cache"] = cache
+    if ctx.usage:
+        attributes.update(genai.response_attributes(None, ctx.usage, []))
+    if status >= 400:
+        attributes["error.type"] = str(status)
+    trace.finish(status, attributes)

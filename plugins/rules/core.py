@@ -24,7 +24,7 @@ from __future__ import annotations
 import string
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
 import regex  # type: ignore[import-untyped]  # no type information shipped; wrapped in _Pattern below
@@ -95,6 +95,10 @@ class RuleSet:
     allow: tuple[Matcher, ...] = ()
     allow_scope: AllowScope = "match"
     timeout_s: float = 0.25
+    checked: frozenset[Stage] = field(init=False)  # the stages some deny rule looks at (`checks`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checked", frozenset(s for r in self.deny for s in r.matcher.stages))
 
     def budget(self, text: str) -> float:
         """Seconds to scan `text` with every pattern: `timeout_s` per started 64 KiB."""
@@ -102,7 +106,7 @@ class RuleSet:
 
     def checks(self, stage: Stage) -> bool:
         """Whether any deny rule looks at this stage (if not, the plugin need not hold a stream back)."""
-        return any(stage in r.matcher.stages for r in self.deny)
+        return stage in self.checked
 
     @property
     def longest_keyword(self) -> int:

@@ -21,6 +21,7 @@ from plugins.rules.core import (
     RuleSyntaxError,
     compile_keywords,
     compile_pattern,
+    keyword_prefixes,
     literal_prefix,
 )
 
@@ -78,7 +79,15 @@ class _Matching(BaseModel):
             pattern, longest = compile_keywords(self.keywords, self.case_sensitive)
             bounded = not any(len(k.split()) > 1 for k in self.keywords)
             steps = sum(len(k) for k in self.keywords) + len(self.keywords)
-            self._matcher = Matcher(pattern, frozenset(self.stages), longest, bounded, steps_per_char=steps)
+            self._matcher = Matcher(
+                pattern,
+                frozenset(self.stages),
+                longest,
+                bounded,
+                steps_per_char=steps,
+                prefixes=keyword_prefixes(self.keywords, ignore_case=not self.case_sensitive),
+                ignore_case=not self.case_sensitive,
+            )
 
     @property
     def matcher(self) -> Matcher:

@@ -76,7 +76,8 @@ class Matcher:
     bounded: bool = False  # matches no more than longest_keyword characters (single-word keywords)
     steps_per_char: int = 0  # keywords: worst-case matching steps per character of text (0: unknown)
     prefix: str = ""  # every match starts with this text ("": no such guarantee)
-    ignore_case: bool = False  # compare `prefix` case-folded
+    prefixes: tuple[str, ...] = ()  # keywords: every match starts with one of these (): no such guarantee)
+    ignore_case: bool = False  # compare `prefix`/`prefixes` case-folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +125,12 @@ class Match:
 
 UNTIMED_STEPS = 1_000_000  # ~ms of matching: below it, a keyword scan needs no timeout
 PREFIX_CHARS = frozenset(string.ascii_letters + string.digits + "-_:/@=")
-# Ignoring case, the regex module matches "I" to the dotless i (U+0131), which does not case-fold to "i": a prefix
-# compared case-folded must stop there. (Every other prefix character is safe to compare case-folded:
-# tests/plugins/test_rules_scan.py checks that over all of Unicode.)
-FOLD_UNSAFE = frozenset("I")
+# Ignoring case, the regex module matches "I" to the dotless i (U+0131), which does not case-fold to "i", and "i"
+# to the dotted capital I (U+0130), which case-folds to two characters ("i" + U+0307): in "APİ_KEY" the folded
+# text no longer holds "api". A prefix compared case-folded must stop at either. (Every other prefix character
+# is safe: what the regex module matches to it case-folds to exactly it; tests/plugins/test_rules_scan.py
+# checks that over all of Unicode.)
+FOLD_UNSAFE = frozenset("Ii")
 _REPEATS = frozenset("*+?{")
 
 
@@ -173,6 +176,13 @@ def keyword_regex(keyword: str) -> str:
     return before + body + after
 
 
+def keyword_prefixes(keywords: Sequence[str], ignore_case: bool) -> tuple[str, ...]:
+    """Plain text that every match of a keyword list starts with, one per keyword (`literal_prefix` of its
+    first word); () when some keyword has none, as then any text might match."""
+    found = tuple(literal_prefix(keyword.split()[0], ignore_case) for keyword in keywords if keyword.split())
+    return found if len(found) == len(keywords) and all(found) else ()
+
+
 def compile_keywords(keywords: Sequence[str], case_sensitive: bool) -> tuple[_Pattern, int]:
     """One alternation for all keywords (longest first), and the longest keyword's length."""
     if not keywords:
@@ -216,14 +226,19 @@ def _spans(
 ) -> Iterator[tuple[int, int]]:
     """Non-empty matches at or after `start`. `folded` caches text[start:].casefold() across matchers."""
     prefix = matcher.prefix
-    if prefix:
+    if prefix or matcher.prefixes:
         if not matcher.ignore_case:
-            if text.find(prefix, start) < 0:
+            if prefix and text.find(prefix, start) < 0:
+                return
+            if matcher.prefixes and all(text.find(p, start) < 0 for p in matcher.prefixes):
                 return
         else:
             if not folded:
                 folded.append(text[start:].casefold())
-            if prefix not in folded[0]:  # `prefix` is stored case-folded
+            haystack = folded[0]  # prefixes are stored case-folded
+            if prefix and prefix not in haystack:
+                return
+            if matcher.prefixes and not any(p in haystack for p in matcher.prefixes):
                 return
     if matcher.steps_per_char and (len(text) - start + 1) * matcher.steps_per_char <= UNTIMED_STEPS:
         found = matcher.pattern.finditer(text, start, concurrent=concurrent or None)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import pytest
 import regex  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway import registry
 from gateway.guarding import Stage
 from gateway.loader import PolicyError, load_text
 from plugins.rules import PLUGIN, Match, Rules, RulesConfig, apply, scan
-from plugins.rules.core import FOLD_UNSAFE, PREFIX_CHARS, growing, literal_prefix, settled_cut
+from plugins.rules.core import (
+    FOLD_UNSAFE,
+    PREFIX_CHARS,
+    RuleSet,
+    growing,
+    keyword_prefixes,
+    literal_prefix,
+    settled_cut,
+)
 
 
 def config(*rules: dict[str, Any], **options: Any) -> RulesConfig:
@@ -232,7 +243,8 @@ def test_short_keyword_scans_skip_the_timeout_and_long_ones_keep_it() -> None:
     assert found("the launch   code is here", cfg) == ["launch   code"]
     many = config(rule(keywords=[f"word{i}" for i in range(2000)]), timeout_s=1e-12)
     with pytest.raises(TimeoutError):
-        scan("x " * 1000, many.ruleset, "input")
+        scan("word1x " * 300, many.ruleset, "input")
+    assert scan("x " * 1000, many.ruleset, "input") == []  # no keyword's first word in it: not scanned at all
 
 
 # --- patterns that start with plain text ---------------------------------------------------------------
@@ -289,10 +301,71 @@ def test_a_prefix_before_start_does_not_count() -> None:
     assert scan(text, cfg.ruleset, "input", start=5) == []
 
 
+def test_keyword_prefixes_are_each_keywords_first_word_or_nothing() -> None:
+    assert keyword_prefixes(["forbidden phrase", "Launch code"], ignore_case=True) == ("forb", "launch")
+    assert keyword_prefixes(["forbidden phrase", "Launch code"], ignore_case=False) == ("forbidden", "Launch")
+    assert keyword_prefixes(["forbidden", "internal only"], ignore_case=True) == ()  # "i": no safe prefix
+    assert keyword_prefixes(["forbidden", "x"], ignore_case=False) == ()  # one character: not worth it
+    assert keyword_prefixes(["폭탄", "bomb"], ignore_case=True) == ()  # not plain ASCII
+
+
+def test_a_dotted_capital_i_does_not_slip_past_a_case_insensitive_rule() -> None:
+    # "İ" (U+0130) matches "i" ignoring case but case-folds to two characters: no prefilter may rule it out.
+    cfg = config(
+        rule("key", pattern=r"api_key=[a-z]+"),
+        rule("phrase", keywords=["secret plan", "internal only"]),
+        rule("word", keywords=["mission", "pipeline"]),
+    )
+    text = "send AP\u0130_KEY=abc, the SECRET PLAN and \u0130NTERNAL ONLY notes of the M\u0130SS\u0130ON p\u0130peline"
+    assert found(text, cfg) == [
+        "AP\u0130_KEY=abc",
+        "SECRET PLAN",
+        "\u0130NTERNAL ONLY",
+        "M\u0130SS\u0130ON",
+        "p\u0130peline",
+    ]
+
+
+def _unfiltered(rules: RuleSet) -> RuleSet:
+    """The same rules with no literal prefilter: what the regex module alone finds."""
+    deny = tuple(
+        dataclasses.replace(r, matcher=dataclasses.replace(r.matcher, prefix="", prefixes=())) for r in rules.deny
+    )
+    return dataclasses.replace(rules, deny=deny)
+
+
+# Characters the regex module matches to each other ignoring case, some of which case-fold oddly.
+_VARIANTS = {"i": "iI\u0130", "I": "Ii\u0131", "s": "sS\u017f", "k": "kK\u212a", "a": "aA", "b": "bB"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    keywords=st.lists(st.text(alphabet="abkiIs-_", min_size=2, max_size=7), min_size=1, max_size=3),
+    data=st.data(),
+    case_sensitive=st.booleans(),
+)
+def test_the_prefilter_finds_exactly_what_the_regex_module_finds(
+    keywords: list[str], data: st.DataObject, case_sensitive: bool
+) -> None:
+    """Texts made of the keywords, each character maybe swapped for one the regex module matches to it ignoring
+    case (dotted and dotless i, long s, the Kelvin sign): the prefilters must never lose a match."""
+    words = [
+        "".join(data.draw(st.sampled_from(_VARIANTS.get(c, c))) for c in data.draw(st.sampled_from(keywords)))
+        for _ in range(data.draw(st.integers(1, 4)))
+    ]
+    text = data.draw(st.sampled_from([" ", ", ", "x "])).join(words)
+    cfg = config(
+        rule("kw", keywords=keywords, case_sensitive=case_sensitive),
+        rule("re", pattern=regex.escape(keywords[0]) + "[a-z]*", case_sensitive=case_sensitive),
+    )
+    assert scan(text, cfg.ruleset, "input") == scan(text, _unfiltered(cfg.ruleset), "input")
+
+
 def test_case_folding_never_hides_a_match_the_regex_module_would_find() -> None:
     """The prefilter compares case-folded text. Every character the regex module matches, ignoring case,
-    against a character a prefix may hold must case-fold to a text containing that character (Unicode has
-    three: long s, the Kelvin sign and dotted capital I). Checked over every code point."""
+    against a character a prefix may hold must case-fold to exactly that character, so that a run of them
+    folds to the prefix itself (Unicode has two such odd ones: long s and the Kelvin sign; the dotted capital
+    I folds to two characters, which is why "i" may not be in a folded prefix). Checked over every code point."""
     allowed = "".join(sorted(PREFIX_CHARS - FOLD_UNSAFE))
     flags = regex.IGNORECASE | regex.VERSION0
     any_allowed = regex.compile(f"[{regex.escape(allowed)}]", flags)
@@ -304,8 +377,9 @@ def test_case_folding_never_hides_a_match_the_regex_module_would_find() -> None:
         odd += 1
         for target in allowed:
             if regex.fullmatch(regex.escape(target), char, flags):
-                assert target.casefold() in char.casefold(), (hex(point), target)
-    assert odd >= 3
+                assert char.casefold() == target.casefold(), (hex(point), target)
+    assert odd >= 2
+    assert regex.fullmatch("i", "\u0130", flags) and "\u0130".casefold() != "i"  # why "i" is unsafe
 
 
 # --- options -------------------------------------------------------------------------------------------

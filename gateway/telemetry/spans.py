@@ -33,6 +33,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -89,6 +90,7 @@ class FastSpan(trace.Span):
         "_context",
         "_end",
         "_events",
+        "_ids",
         "_kind",
         "_links",
         "_name",
@@ -101,7 +103,7 @@ class FastSpan(trace.Span):
     def __init__(
         self,
         name: str,
-        context: SpanContext,
+        ids: tuple[int, int, TraceState | None],
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, AttributeValue],
@@ -110,7 +112,8 @@ class FastSpan(trace.Span):
         sink: Callable[[Record], None],
     ) -> None:
         self._name = name
-        self._context = context
+        self._ids = ids  # (trace_id, span_id, trace state): the SpanContext is made only if someone asks
+        self._context: SpanContext | None = None
         self._parent = parent
         self._kind = kind.value  # what the record carries (an enum's .value is a descriptor call)
         self._attributes = attributes
@@ -122,7 +125,11 @@ class FastSpan(trace.Span):
         self._sink = sink
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        context = self._context
+        if context is None:
+            trace_id, span_id, state = self._ids
+            context = self._context = SpanContext(trace_id, span_id, False, _SAMPLED, state)
+        return context
 
     def is_recording(self) -> bool:
         return self._end == 0
@@ -204,13 +211,13 @@ class FastSpan(trace.Span):
             log.warning("span %r ended twice; the second end is ignored", self._name)
             return
         self._end = end_time or time.time_ns()
-        context, parent = self._context, self._parent
-        state = context.trace_state
+        trace_id, span_id, state = self._ids
+        parent = self._parent
         self._sink(
             (
                 self._name,
-                context.trace_id,
-                context.span_id,
+                trace_id,
+                span_id,
                 state.to_header() if state else "",
                 None if parent is None else (parent.span_id, parent.is_remote),
                 self._kind,
@@ -224,7 +231,8 @@ class FastSpan(trace.Span):
         )
 
     def __repr__(self) -> str:
-        return f"FastSpan({self._name!r}, trace_id={self._context.trace_id:032x}, span_id={self._context.span_id:016x})"
+        trace_id, span_id, _ = self._ids
+        return f"FastSpan({self._name!r}, trace_id={trace_id:032x}, span_id={span_id:016x})"
 
 
 def _link(context: SpanContext, attributes: Attributes) -> tuple[Any, ...]:
@@ -297,7 +305,7 @@ class FastTracer(trace.Tracer):
             return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
         return FastSpan(
             name,
-            SpanContext(trace_id, span_id, False, _SAMPLED, state),
+            (trace_id, span_id, state),
             parent,
             kind,
             attributes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -347,7 +348,7 @@ def test_request_id_and_backend_headers(client: OpenAI, upstream: FakeUpstream) 
     assert raw.status_code == 200
     assert raw.headers["x-gateway-backend"] == "fake"
     request_id = raw.headers["x-request-id"]
-    assert request_id
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # 128 random bits
     assert raw.parse().choices[0].message.content == f"echo: headers {mark}"
     # the same id travels upstream, so traces join up
     assert recorded(upstream, mark).headers["x-request-id"] == request_id

@@ -193,7 +193,8 @@ class CallSeries:
     """The metric series of one kind of upstream call (operation, provider, model, server), built once.
 
     The request path records into them without rebuilding label tuples or OTLP attribute sets per
-    call (that cost ~5 us a request). Models and servers come from the policy, so there are few kinds."""
+    call: a request's three record calls went from 9.3 to 7.6 us in a micro-benchmark (the rest is the
+    Prometheus and OTLP histograms themselves). Models and servers come from the policy: few kinds."""
 
     __slots__ = ("labels", "otlp", "otlp_tokens")
 

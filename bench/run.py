@@ -200,8 +200,8 @@ def _sections() -> str:
     return (
         "## Semantic cache precision\n\n"
         + str(semantic_precision.report(semantic_precision.score()))
-        + "\n## Routing under a load ramp\n\n"
-        + ramp
+        + "\n"
+        + ramp  # starts with its own heading
         + "\n## Prompt-injection guard (embedding_guard)\n\n"
         + injection.report()
         + _holdout()

@@ -266,8 +266,7 @@ class FastTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
-        linked = [_link(link.context, link.attributes) for link in links or () if link.context.is_valid][:LIMIT]
-        return self._open(name, parent, kind, _attributes(attributes), linked or None, start_time)
+        return self._open(name, parent, kind, _attributes(attributes), links, start_time)
 
     def start_trusted(
         self,
@@ -287,7 +286,7 @@ class FastTracer(trace.Tracer):
         found: SpanContext,
         kind: SpanKind,
         attributes: dict[str, AttributeValue],
-        links: list[tuple[Any, ...]] | None,
+        links: Sequence[Link] | None,
         start_time: int | None,
     ) -> trace.Span:
         span_id = random.getrandbits(64)
@@ -303,13 +302,16 @@ class FastTracer(trace.Tracer):
             sampled, state = (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound, None
         if not sampled:
             return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
+        linked = None
+        if links:  # built for sampled spans only
+            linked = [_link(link.context, link.attributes) for link in links if link.context.is_valid][:LIMIT] or None
         return FastSpan(
             name,
             (trace_id, span_id, state),
             parent,
             kind,
             attributes,
-            links,
+            linked,
             start_time or time.time_ns(),
             self._sink,
         )

@@ -69,10 +69,11 @@ class _Matching(BaseModel):
 
     def model_post_init(self, context: Any) -> None:
         if self.pattern is not None:
+            prefix = literal_prefix(self.pattern, ignore_case=not self.case_sensitive)
             self._matcher = Matcher(
                 compile_pattern(self.pattern, self.case_sensitive),
                 frozenset(self.stages),
-                prefix=literal_prefix(self.pattern, ignore_case=not self.case_sensitive),
+                prefixes=(prefix,) if prefix else (),
                 ignore_case=not self.case_sensitive,
             )
         elif self.keywords is not None:

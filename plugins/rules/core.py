@@ -75,9 +75,8 @@ class Matcher:
     longest_keyword: int = 0
     bounded: bool = False  # matches no more than longest_keyword characters (single-word keywords)
     steps_per_char: int = 0  # keywords: worst-case matching steps per character of text (0: unknown)
-    prefix: str = ""  # every match starts with this text ("": no such guarantee)
-    prefixes: tuple[str, ...] = ()  # keywords: every match starts with one of these (): no such guarantee)
-    ignore_case: bool = False  # compare `prefix`/`prefixes` case-folded
+    prefixes: tuple[str, ...] = ()  # every match starts with one of these texts ((): no such guarantee)
+    ignore_case: bool = False  # compare `prefixes` case-folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +178,8 @@ def keyword_regex(keyword: str) -> str:
 def keyword_prefixes(keywords: Sequence[str], ignore_case: bool) -> tuple[str, ...]:
     """Plain text that every match of a keyword list starts with, one per keyword (`literal_prefix` of its
     first word); () when some keyword has none, as then any text might match."""
-    found = tuple(literal_prefix(keyword.split()[0], ignore_case) for keyword in keywords if keyword.split())
-    return found if len(found) == len(keywords) and all(found) else ()
+    found = tuple(literal_prefix(keyword.split()[0], ignore_case) for keyword in keywords)  # none is empty
+    return found if all(found) else ()
 
 
 def compile_keywords(keywords: Sequence[str], case_sensitive: bool) -> tuple[_Pattern, int]:
@@ -225,21 +224,19 @@ def _spans(
     matcher: Matcher, text: str, start: int, deadline: float, concurrent: bool, folded: list[str]
 ) -> Iterator[tuple[int, int]]:
     """Non-empty matches at or after `start`. `folded` caches text[start:].casefold() across matchers."""
-    prefix = matcher.prefix
-    if prefix or matcher.prefixes:
-        if not matcher.ignore_case:
-            if prefix and text.find(prefix, start) < 0:
-                return
-            if matcher.prefixes and all(text.find(p, start) < 0 for p in matcher.prefixes):
-                return
-        else:
+    prefixes = matcher.prefixes
+    if prefixes:
+        if matcher.ignore_case:
             if not folded:
                 folded.append(text[start:].casefold())
-            haystack = folded[0]  # prefixes are stored case-folded
-            if prefix and prefix not in haystack:
-                return
-            if matcher.prefixes and not any(p in haystack for p in matcher.prefixes):
-                return
+            haystack, offset = folded[0], 0  # `prefixes` are stored case-folded
+        else:
+            haystack, offset = text, start
+        for prefix in prefixes:  # a loop, not any(): no generator per matcher and text
+            if haystack.find(prefix, offset) >= 0:
+                break
+        else:
+            return
     if matcher.steps_per_char and (len(text) - start + 1) * matcher.steps_per_char <= UNTIMED_STEPS:
         found = matcher.pattern.finditer(text, start, concurrent=concurrent or None)
     else:

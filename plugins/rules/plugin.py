@@ -53,6 +53,10 @@ class Rules(Plugin):
     def _applies(self, ctx: RequestContext, stage: Stage) -> bool:
         return self.config.ruleset.checks(stage) and applies(ctx, self.config, stage)
 
+    def _inline(self, text: str, start: int = 0) -> bool:
+        """Short enough to scan on the event loop (longer texts go to a worker thread)."""
+        return len(text) - start <= self.config.inline_chars
+
     async def _scan(
         self, text: str, stage: Stage, start: int = 0, *, partial: bool = False
     ) -> tuple[list[Match], int | None]:
@@ -63,7 +67,7 @@ class Rules(Plugin):
             matches = scan(text, rules, stage, start=start, concurrent=concurrent)
             return matches, growing(text, rules, stage, start=start, concurrent=concurrent) if partial else None
 
-        if len(text) - start <= self.config.inline_chars:
+        if self._inline(text, start):
             return work(False)
         return await asyncio.to_thread(work, True)
 
@@ -79,11 +83,10 @@ class Rules(Plugin):
     async def _check(self, ctx: RequestContext, stage: Stage, slots: Iterable[TextSlot]) -> bool:
         """Scan the texts and redact them in place; True if they must be blocked instead."""
         found: list[tuple[TextSlot, list[Match]]] = []
-        rules, inline = self.config.ruleset, self.config.inline_chars
         for slot in slots:
             try:
-                if len(slot.text) <= inline:  # most texts: no coroutine or thread hop for the scan
-                    matches = scan(slot.text, rules, stage)
+                if self._inline(slot.text):  # most texts: scanned here, without a coroutine for `_scan`
+                    matches = scan(slot.text, self.config.ruleset, stage)
                 else:
                     matches, _ = await self._scan(slot.text, stage)
             except TimeoutError as exc:

@@ -329,7 +329,7 @@ def test_a_dotted_capital_i_does_not_slip_past_a_case_insensitive_rule() -> None
 def _unfiltered(rules: RuleSet) -> RuleSet:
     """The same rules with no literal prefilter: what the regex module alone finds."""
     deny = tuple(
-        dataclasses.replace(r, matcher=dataclasses.replace(r.matcher, prefix="", prefixes=())) for r in rules.deny
+        dataclasses.replace(r, matcher=dataclasses.replace(r.matcher, prefixes=())) for r in rules.deny
     )
     return dataclasses.replace(rules, deny=deny)
 
